@@ -1,0 +1,159 @@
+//! The HTTP API: the route table, the OpenAPI document that describes it, and one module per
+//! resource. Handlers are thin: extract, authorize (by extractor), call the db or domain layer.
+
+pub mod audit;
+pub mod credentials;
+pub mod health;
+pub mod pagination;
+pub mod resources;
+
+use actix_web::http::header;
+use actix_web::{web, HttpResponse};
+use serde_json::Value;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+use utoipa_swagger_ui::SwaggerUi;
+
+use crate::domain;
+use crate::error::{FieldError, Problem, Referrer};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "dr-orchestrator",
+        description = "Orchestrates disaster recovery: an inventory of hosts, jump servers, databases and \
+DNS records; recovery plans made of reusable steps; drills and failovers run by a durable executor pool.\n\n\
+Authenticate with `Authorization: Bearer <JWT>` (get one with `dr-orchestrator token --role admin`). \
+Roles: `viewer` reads, `operator` also runs and approves, `admin` also defines.\n\n\
+Errors are RFC 7807 `application/problem+json` with a stable `type`, a `detail`, the `request_id`, \
+and `errors[]` naming each invalid field. Objects carry an `ETag`; send it back in `If-Match` on \
+PUT, PATCH and DELETE to avoid overwriting someone else's change (412 when it changed).",
+        license(name = "Apache-2.0"),
+    ),
+    paths(
+        health::healthz, health::readyz, health::metrics,
+        resources::list, resources::create, resources::get, resources::replace, resources::patch, resources::delete,
+        credentials::list, credentials::create, credentials::get, credentials::replace, credentials::patch, credentials::delete,
+        audit::list,
+    ),
+    components(schemas(
+        Problem, FieldError, Referrer,
+        domain::resources::HostAttributes, domain::resources::SshAccess,
+        domain::resources::JumpServerAttributes, domain::resources::DatabaseAttributes,
+        domain::resources::DnsRecordAttributes, domain::resources::HttpEndpointAttributes,
+        domain::resources::ObjectStorageAttributes,
+        domain::credentials::PasswordSecret, domain::credentials::PrivateKeySecret,
+        domain::credentials::TokenSecret, domain::credentials::AccessKeyPairSecret,
+    )),
+    tags(
+        (name = "health", description = "Liveness, readiness, metrics"),
+        (name = "resources", description = "The inventory a plan acts on"),
+        (name = "credentials", description = "Secret material: encrypted at rest, write-only"),
+        (name = "audit", description = "Every mutation: who, what, when"),
+    ),
+    modifiers(&BearerAuth),
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .description(Some(
+                        "A token from `dr-orchestrator token --role admin --subject you`",
+                    ))
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// The OpenAPI document as pretty JSON (what `dr-orchestrator openapi` prints and
+/// `openapi/openapi.json` holds).
+pub fn openapi_json() -> String {
+    ApiDoc::openapi()
+        .to_pretty_json()
+        .expect("the OpenAPI document serializes to JSON")
+}
+
+/// Every route of the service.
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/healthz", web::get().to(health::healthz))
+        .route("/readyz", web::get().to(health::readyz))
+        .route("/metrics", web::get().to(health::metrics))
+        .service(web::resource("/docs").route(web::get().to(|| async {
+            HttpResponse::PermanentRedirect()
+                .insert_header((header::LOCATION, "/docs/"))
+                .finish()
+        })))
+        .service(SwaggerUi::new("/docs/{_:.*}").url("/api-docs/openapi.json", ApiDoc::openapi()))
+        .service(
+            web::scope("/api/v1")
+                .service(
+                    web::resource("/resources")
+                        .route(web::get().to(resources::list))
+                        .route(web::post().to(resources::create)),
+                )
+                .service(
+                    web::resource("/resources/{key}")
+                        .route(web::get().to(resources::get))
+                        .route(web::put().to(resources::replace))
+                        .route(web::patch().to(resources::patch))
+                        .route(web::delete().to(resources::delete)),
+                )
+                .service(
+                    web::resource("/credentials")
+                        .route(web::get().to(credentials::list))
+                        .route(web::post().to(credentials::create)),
+                )
+                .service(
+                    web::resource("/credentials/{key}")
+                        .route(web::get().to(credentials::get))
+                        .route(web::put().to(credentials::replace))
+                        .route(web::patch().to(credentials::patch))
+                        .route(web::delete().to(credentials::delete)),
+                )
+                .service(web::resource("/audit").route(web::get().to(audit::list))),
+        );
+}
+
+/// Applies an RFC 7396 JSON merge patch to `target`.
+pub fn merge_patch(target: &mut Value, patch: &Value) {
+    let Value::Object(patch_map) = patch else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = Value::Object(Default::default());
+    }
+    let target_map = target.as_object_mut().expect("made an object above");
+    for (key, value) in patch_map {
+        if value.is_null() {
+            target_map.remove(key);
+        } else {
+            merge_patch(target_map.entry(key.clone()).or_insert(Value::Null), value);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn merge_patch_follows_rfc_7396() {
+        let mut doc = json!({"a": "b", "c": {"d": "e", "f": "g"}});
+        merge_patch(&mut doc, &json!({"a": "z", "c": {"f": null}}));
+        assert_eq!(doc, json!({"a": "z", "c": {"d": "e"}}));
+        merge_patch(&mut doc, &json!({"c": [1]}));
+        assert_eq!(doc, json!({"a": "z", "c": [1]}));
+    }
+}

@@ -1,0 +1,295 @@
+//! Credential rows: the secret is sealed with the master key before it reaches the database
+//! and is never selected except by `open_secret`, which the runners use at execution time.
+
+use base64::Engine;
+use diesel::pg::PgConnection;
+use diesel::prelude::*;
+use serde_json::json;
+use uuid::Uuid;
+use zeroize::Zeroizing;
+
+use super::audit::{self, Actor, AuditEntry};
+use super::models::{CredentialRow, CredentialWrite};
+use super::schema::{credentials, service_settings};
+use crate::crypto::MasterKey;
+use crate::domain::credentials::ValidSecret;
+use crate::error::{Error, Referrer, Result};
+use crate::http::IfMatch;
+
+#[derive(Debug, Default)]
+pub struct CredentialFilter {
+    pub kind: Option<String>,
+    pub after_name: Option<String>,
+    pub descending: bool,
+    pub limit: i64,
+}
+
+pub fn list(conn: &mut PgConnection, f: &CredentialFilter) -> Result<(Vec<CredentialRow>, i64)> {
+    let build = || {
+        let mut q = credentials::table.into_boxed();
+        if let Some(kind) = &f.kind {
+            q = q.filter(credentials::kind.eq(kind.clone()));
+        }
+        q
+    };
+    let total = build().count().get_result(conn)?;
+    let mut page = build();
+    page = match (&f.after_name, f.descending) {
+        (Some(after), false) => page.filter(credentials::name.gt(after.clone())),
+        (Some(after), true) => page.filter(credentials::name.lt(after.clone())),
+        (None, _) => page,
+    };
+    page = if f.descending {
+        page.order(credentials::name.desc())
+    } else {
+        page.order(credentials::name.asc())
+    };
+    let rows = page
+        .limit(f.limit)
+        .select(CredentialRow::as_select())
+        .load(conn)?;
+    Ok((rows, total))
+}
+
+/// Finds a credential by id or name.
+pub fn find(conn: &mut PgConnection, key: &str) -> Result<CredentialRow> {
+    let query = credentials::table
+        .select(CredentialRow::as_select())
+        .into_boxed();
+    let query = match Uuid::parse_str(key) {
+        Ok(id) => query.filter(credentials::id.eq(id)),
+        Err(_) => query.filter(credentials::name.eq(key.to_owned())),
+    };
+    query
+        .first(conn)
+        .optional()?
+        .ok_or_else(|| Error::not_found("credential", key))
+}
+
+fn find_for_update(conn: &mut PgConnection, key: &str) -> Result<CredentialRow> {
+    let id = match Uuid::parse_str(key) {
+        Ok(id) => Some(id),
+        Err(_) => credentials::table
+            .filter(credentials::name.eq(key))
+            .select(credentials::id)
+            .first(conn)
+            .optional()?,
+    };
+    let row = match id {
+        Some(id) => credentials::table
+            .find(id)
+            .select(CredentialRow::as_select())
+            .for_update()
+            .first(conn)
+            .optional()?,
+        None => None,
+    };
+    row.ok_or_else(|| Error::not_found("credential", key))
+}
+
+pub fn create(
+    conn: &mut PgConnection,
+    write: CredentialWrite,
+    secret: &ValidSecret,
+    key: &MasterKey,
+    actor: &Actor,
+) -> Result<CredentialRow> {
+    let id = Uuid::new_v4();
+    let sealed = key.seal(&secret.plaintext, id.as_bytes());
+    let row: CredentialRow = diesel::insert_into(credentials::table)
+        .values((
+            credentials::id.eq(id),
+            &write,
+            credentials::secret_ciphertext.eq(&sealed.ciphertext),
+            credentials::secret_nonce.eq(&sealed.nonce),
+            credentials::key_id.eq(&sealed.key_id),
+            credentials::created_by.eq(&actor.subject),
+            credentials::updated_by.eq(&actor.subject),
+        ))
+        .returning(CredentialRow::as_returning())
+        .get_result(conn)?;
+    audit::record(
+        conn,
+        actor,
+        AuditEntry {
+            action: "create",
+            target_type: "credential",
+            target_id: Some(row.id),
+            target_name: Some(&row.name),
+            details: json!({"kind": row.kind}),
+        },
+    )?;
+    Ok(row)
+}
+
+/// Replaces a credential's fields with what `next` makes of the current row, and its secret
+/// when `next` returns one. A credential that resources refer to keeps its name and kind.
+pub fn update(
+    conn: &mut PgConnection,
+    key: &str,
+    if_match: &IfMatch,
+    master_key: &MasterKey,
+    actor: &Actor,
+    next: impl FnOnce(&CredentialRow) -> Result<(CredentialWrite, Option<ValidSecret>)>,
+) -> Result<CredentialRow> {
+    let current = find_for_update(conn, key)?;
+    if_match.check(current.version)?;
+    let (write, secret) = next(&current)?;
+    if write.kind != current.kind && secret.is_none() {
+        return Err(Error::field(
+            "secret",
+            "changing the kind needs a new secret of that kind",
+        ));
+    }
+    if write.name != current.name || write.kind != current.kind {
+        let referrers = referrers(conn, current.id)?;
+        if !referrers.is_empty() {
+            return Err(Error::Conflict {
+                detail: format!(
+                    "credential `{}` is referred to by {} resource(s) by name; it cannot be renamed or change kind until they stop referring to it",
+                    current.name,
+                    referrers.len()
+                ),
+                referrers,
+            });
+        }
+    }
+    let row: CredentialRow = diesel::update(credentials::table.find(current.id))
+        .set((
+            &write,
+            credentials::version.eq(current.version + 1),
+            credentials::updated_at.eq(diesel::dsl::now),
+            credentials::updated_by.eq(&actor.subject),
+        ))
+        .returning(CredentialRow::as_returning())
+        .get_result(conn)?;
+    let rotated = secret.is_some();
+    if let Some(secret) = secret {
+        let sealed = master_key.seal(&secret.plaintext, current.id.as_bytes());
+        diesel::update(credentials::table.find(current.id))
+            .set((
+                credentials::secret_ciphertext.eq(&sealed.ciphertext),
+                credentials::secret_nonce.eq(&sealed.nonce),
+                credentials::key_id.eq(&sealed.key_id),
+                credentials::secret_updated_at.eq(diesel::dsl::now),
+            ))
+            .execute(conn)?;
+    }
+    audit::record(
+        conn,
+        actor,
+        AuditEntry {
+            action: "update",
+            target_type: "credential",
+            target_id: Some(row.id),
+            target_name: Some(&row.name),
+            details: json!({"kind": row.kind, "secret_replaced": rotated}),
+        },
+    )?;
+    Ok(row)
+}
+
+pub fn delete(conn: &mut PgConnection, key: &str, if_match: &IfMatch, actor: &Actor) -> Result<()> {
+    let current = find_for_update(conn, key)?;
+    if_match.check(current.version)?;
+    let referrers = referrers(conn, current.id)?;
+    if !referrers.is_empty() {
+        return Err(Error::Conflict {
+            detail: format!(
+                "credential `{}` is still referred to by {} resource(s); change them first",
+                current.name,
+                referrers.len()
+            ),
+            referrers,
+        });
+    }
+    diesel::delete(credentials::table.find(current.id)).execute(conn)?;
+    audit::record(
+        conn,
+        actor,
+        AuditEntry {
+            action: "delete",
+            target_type: "credential",
+            target_id: Some(current.id),
+            target_name: Some(&current.name),
+            details: json!({"kind": current.kind}),
+        },
+    )
+}
+
+fn referrers(conn: &mut PgConnection, credential_id: Uuid) -> Result<Vec<Referrer>> {
+    Ok(
+        super::resources::referring_to_credential(conn, credential_id)?
+            .into_iter()
+            .map(|(id, name)| Referrer {
+                kind: "resource".into(),
+                id,
+                name,
+            })
+            .collect(),
+    )
+}
+
+/// The plaintext secret of a credential, for the runners that inject it.
+pub fn open_secret(
+    conn: &mut PgConnection,
+    id: Uuid,
+    key: &MasterKey,
+) -> Result<Zeroizing<Vec<u8>>> {
+    let (ciphertext, nonce, key_id): (Vec<u8>, Vec<u8>, String) = credentials::table
+        .find(id)
+        .select((
+            credentials::secret_ciphertext,
+            credentials::secret_nonce,
+            credentials::key_id,
+        ))
+        .first(conn)
+        .optional()?
+        .ok_or_else(|| Error::not_found("credential", id))?;
+    if key_id != key.id() {
+        return Err(Error::internal(format!(
+            "credential {id} was sealed with master key {key_id}, not the configured {}",
+            key.id()
+        )));
+    }
+    key.open(&nonce, &ciphertext, id.as_bytes())
+        .map_err(|e| Error::internal(format!("credential {id}: {e}")))
+}
+
+const MASTER_KEY_CHECK: &str = "master_key_check";
+const CHECK_PLAINTEXT: &[u8] = b"dr-orchestrator master key check";
+
+/// Refuses to start with a master key other than the one the database's secrets were sealed
+/// with: it would otherwise fail only when a failover first needs a credential.
+pub fn check_master_key(conn: &mut PgConnection, key: &MasterKey) -> Result<(), String> {
+    let b64 = base64::engine::general_purpose::STANDARD;
+    // The first instance to start records a check value; every later start must open it.
+    let sealed = key.seal(CHECK_PLAINTEXT, MASTER_KEY_CHECK.as_bytes());
+    diesel::insert_into(service_settings::table)
+        .values((
+            service_settings::key.eq(MASTER_KEY_CHECK),
+            service_settings::value.eq(b64.encode([sealed.nonce, sealed.ciphertext].concat())),
+        ))
+        .on_conflict_do_nothing()
+        .execute(conn)
+        .map_err(|e| e.to_string())?;
+    let stored: String = service_settings::table
+        .find(MASTER_KEY_CHECK)
+        .select(service_settings::value)
+        .first(conn)
+        .map_err(|e| e.to_string())?;
+    let bytes = b64.decode(stored).map_err(|e| e.to_string())?;
+    let opens = bytes.len() > 12
+        && key
+            .open(&bytes[..12], &bytes[12..], MASTER_KEY_CHECK.as_bytes())
+            .is_ok();
+    if opens {
+        Ok(())
+    } else {
+        Err(
+            "DRO_MASTER_KEY is not the key this database's credentials were sealed with; \
+             start with the original key (see README, \"Keys\")"
+                .into(),
+        )
+    }
+}

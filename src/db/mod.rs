@@ -1,0 +1,102 @@
+//! The database: connection pool, embedded migrations, the one helper through which every query
+//! runs off the async workers, and the row-level operations of each table.
+
+pub mod audit;
+pub mod credentials;
+pub mod embedded;
+pub mod models;
+pub mod resources;
+pub mod schema;
+
+use std::time::Duration;
+
+use diesel::pg::PgConnection;
+use diesel::prelude::*;
+use diesel::r2d2::{ConnectionManager, Pool};
+use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
+
+use crate::error::{Error, Result};
+
+pub type PgPool = Pool<ConnectionManager<PgConnection>>;
+
+pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
+
+/// Advisory lock key that serializes migrations when several instances start at once.
+const MIGRATION_LOCK: i64 = 0x64726f5f6d6967; // "dro_mig"
+
+pub fn build_pool(url: &str, max_size: u32, timeout: Duration) -> Result<PgPool, String> {
+    Pool::builder()
+        .max_size(max_size)
+        .min_idle(Some(1))
+        .connection_timeout(timeout)
+        .test_on_check_out(false)
+        .build(ConnectionManager::<PgConnection>::new(url))
+        .map_err(|e| format!("cannot connect to the database: {e}"))
+}
+
+/// Applies every pending migration, one instance at a time; returns the versions applied.
+pub fn migrate(conn: &mut PgConnection) -> Result<Vec<String>, String> {
+    diesel::sql_query(format!("SELECT pg_advisory_lock({MIGRATION_LOCK})"))
+        .execute(conn)
+        .map_err(|e| format!("cannot take the migration lock: {e}"))?;
+    let result = conn
+        .run_pending_migrations(MIGRATIONS)
+        .map(|versions| versions.iter().map(ToString::to_string).collect())
+        .map_err(|e| format!("migration failed: {e}"));
+    let _ = diesel::sql_query(format!("SELECT pg_advisory_unlock({MIGRATION_LOCK})")).execute(conn);
+    result
+}
+
+/// True when the database has every migration this binary knows.
+pub fn migrations_applied(conn: &mut PgConnection) -> Result<bool, String> {
+    conn.has_pending_migration(MIGRATIONS)
+        .map(|pending| !pending)
+        .map_err(|e| e.to_string())
+}
+
+/// Handle on the pool that runs each database call on tokio's blocking threads, never on an
+/// actix worker.
+#[derive(Clone)]
+pub struct Db {
+    pool: PgPool,
+}
+
+impl Db {
+    pub fn new(pool: PgPool) -> Self {
+        Self { pool }
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    pub async fn run<T, F>(&self, f: F) -> Result<T>
+    where
+        F: FnOnce(&mut PgConnection) -> Result<T> + Send + 'static,
+        T: Send + 'static,
+    {
+        let pool = self.pool.clone();
+        let joined = tokio::task::spawn_blocking(move || {
+            let mut conn = pool.get()?;
+            f(&mut conn)
+        })
+        .await;
+        match joined {
+            Ok(result) => result,
+            Err(e) if e.is_panic() => {
+                tracing::error!("a database task panicked");
+                Err(Error::internal("a database task panicked"))
+            }
+            Err(e) => Err(Error::internal(e)),
+        }
+    }
+
+    /// Runs `f` in one transaction: everything it writes lands together or not at all.
+    pub async fn transaction<T, F>(&self, f: F) -> Result<T>
+    where
+        F: FnOnce(&mut PgConnection) -> Result<T> + Send + 'static,
+        T: Send + 'static,
+    {
+        self.run(move |conn| conn.transaction(f)).await
+    }
+}

@@ -1,0 +1,189 @@
+//! dr-orchestrator: a headless REST service that orchestrates disaster recovery.
+//!
+//! Wiring, from the outside in: [`config`] -> database ([`db`], the embedded cluster when no
+//! `DATABASE_URL` is set) -> secrets -> the HTTP app ([`build_app`]: middleware, [`api`] routes).
+
+pub mod api;
+pub mod auth;
+pub mod config;
+pub mod crypto;
+pub mod db;
+pub mod domain;
+pub mod error;
+pub mod http;
+pub mod metrics;
+pub mod secrets;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceFactory, ServiceRequest, ServiceResponse};
+use actix_web::middleware::{from_fn, ErrorHandlers};
+use actix_web::{web, App, HttpServer};
+
+use crate::auth::{JwtKeys, Role};
+use crate::config::{Config, LogFormat};
+use crate::crypto::MasterKey;
+use crate::db::embedded::EmbeddedPostgres;
+use crate::db::Db;
+use crate::metrics::Metrics;
+use crate::secrets::Secrets;
+
+/// Name of the database the embedded cluster holds.
+pub const EMBEDDED_DATABASE: &str = "dr_orchestrator";
+
+/// Everything the HTTP app shares between requests.
+#[derive(Clone)]
+pub struct AppState {
+    pub db: Db,
+    pub jwt: Arc<JwtKeys>,
+    pub master_key: Arc<MasterKey>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl AppState {
+    pub fn new(db: Db, secrets: Secrets) -> Self {
+        Self {
+            db,
+            jwt: Arc::new(JwtKeys::new(&secrets.jwt_secret)),
+            master_key: Arc::new(secrets.master_key),
+            metrics: Arc::new(Metrics::new()),
+        }
+    }
+}
+
+/// The actix app: shared state, routes, problem+json for every error, request observation.
+pub fn build_app(
+    state: &AppState,
+) -> App<
+    impl ServiceFactory<
+        ServiceRequest,
+        Config = (),
+        Response = ServiceResponse<impl MessageBody>,
+        Error = actix_web::Error,
+        InitError = (),
+    >,
+> {
+    App::new()
+        .app_data(web::Data::new(state.db.clone()))
+        .app_data(web::Data::from(state.jwt.clone()))
+        .app_data(web::Data::from(state.master_key.clone()))
+        .app_data(web::Data::from(state.metrics.clone()))
+        .configure(api::routes)
+        .wrap(ErrorHandlers::new().default_handler(http::problem_for_plain_errors))
+        .wrap(from_fn(http::observe))
+}
+
+/// Sets up logging to stderr as text or JSON lines.
+pub fn init_tracing(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_new(&config.log_filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match config.log_format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+/// A database ready for use: migrated, and the embedded cluster behind it when there is one
+/// (dropping it stops the cluster).
+pub struct Database {
+    pub db: Db,
+    pub embedded: Option<EmbeddedPostgres>,
+}
+
+/// Connects to `DATABASE_URL`, or starts the embedded cluster, then applies migrations.
+pub fn open_database(config: &Config) -> Result<Database, String> {
+    let (url, embedded) = match &config.database_url {
+        Some(url) => (url.clone(), None),
+        None => {
+            let cluster = EmbeddedPostgres::start(&config.data_dir, config.pg_bindir.as_deref())?;
+            cluster.ensure_database(EMBEDDED_DATABASE)?;
+            (cluster.url(EMBEDDED_DATABASE), Some(cluster))
+        }
+    };
+    let pool = db::build_pool(
+        &url,
+        config.db_pool_size,
+        Duration::from_secs(config.db_pool_timeout_secs),
+    )?;
+    let mut conn = pool
+        .get()
+        .map_err(|e| format!("cannot connect to the database: {e}"))?;
+    let applied = db::migrate(&mut conn)?;
+    if !applied.is_empty() {
+        tracing::info!(versions = ?applied, "applied migrations");
+    }
+    Ok(Database {
+        db: Db::new(pool),
+        embedded,
+    })
+}
+
+/// `dr-orchestrator migrate`.
+pub fn migrate(config: &Config) -> Result<(), String> {
+    let database = open_database(config)?;
+    drop(database);
+    Ok(())
+}
+
+/// `dr-orchestrator serve`: runs until SIGINT/SIGTERM, then drains requests and stops the
+/// embedded cluster if it started one.
+pub fn serve(config: &Config) -> Result<(), String> {
+    let database = open_database(config)?;
+    let secrets = Secrets::resolve(config)?;
+    {
+        let mut conn = database
+            .db
+            .pool()
+            .get()
+            .map_err(|e| format!("cannot connect to the database: {e}"))?;
+        db::credentials::check_master_key(&mut conn, &secrets.master_key)?;
+    }
+    let print_token = secrets.from_data_dir;
+    let state = AppState::new(database.db.clone(), secrets);
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))?;
+    let result = runtime.block_on(async {
+        let app_state = state.clone();
+        let server = HttpServer::new(move || build_app(&app_state))
+            .workers(config.http_workers)
+            .shutdown_timeout(30)
+            .bind(config.bind)
+            .map_err(|e| format!("cannot listen on {}: {e}", config.bind))?
+            .run();
+        tracing::info!(bind = %config.bind, "dr-orchestrator is listening");
+        println!("dr-orchestrator is listening on http://{}", config.bind);
+        println!("  Swagger UI: http://{}/docs/", config.bind);
+        if print_token {
+            let token = state
+                .jwt
+                .issue("admin", Role::Admin, chrono::Duration::hours(12));
+            println!("  Admin token for Swagger UI's Authorize button (valid 12h; `dr-orchestrator token` makes more):");
+            println!("  {token}");
+        }
+        server.await.map_err(|e| format!("the HTTP server failed: {e}"))
+    });
+    drop(database);
+    result
+}
+
+/// `dr-orchestrator token`: a JWT signed with the same secret `serve` uses.
+pub fn issue_token(
+    config: &Config,
+    role: Role,
+    subject: &str,
+    ttl: chrono::Duration,
+) -> Result<String, String> {
+    if subject.trim().is_empty() {
+        return Err("--subject must not be empty".into());
+    }
+    let secrets = Secrets::resolve(config)?;
+    Ok(JwtKeys::new(&secrets.jwt_secret).issue(subject, role, ttl))
+}

@@ -1,0 +1,69 @@
+//! The `dr-orchestrator` command: parses the command line and calls into the library.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use dr_orchestrator::auth::{parse_ttl, Role};
+use dr_orchestrator::config::Config;
+
+#[derive(Parser)]
+#[command(
+    name = "dr-orchestrator",
+    version,
+    about = "Orchestrates disaster recovery drills and failovers."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the REST service (with a private PostgreSQL under ./data when DATABASE_URL is unset).
+    Serve,
+    /// Apply pending database migrations and exit.
+    Migrate,
+    /// Print the OpenAPI document as JSON.
+    Openapi,
+    /// Print a bearer token (on the last line) signed with the service's secret.
+    Token {
+        #[arg(long, value_enum, default_value = "admin")]
+        role: Role,
+        #[arg(long, default_value = "admin")]
+        subject: String,
+        /// Lifetime such as 30m, 1h, 7d.
+        #[arg(long, default_value = "1h", value_parser = parse_ttl)]
+        ttl: chrono::Duration,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Command::Openapi = cli.command {
+        println!("{}", dr_orchestrator::api::openapi_json());
+        return ExitCode::SUCCESS;
+    }
+    let config = match Config::from_env() {
+        Ok(config) => config,
+        Err(e) => return fail(&format!("configuration: {e}")),
+    };
+    dr_orchestrator::init_tracing(&config);
+    let result = match cli.command {
+        Command::Serve => dr_orchestrator::serve(&config),
+        Command::Migrate => dr_orchestrator::migrate(&config),
+        Command::Token { role, subject, ttl } => {
+            dr_orchestrator::issue_token(&config, role, &subject, ttl)
+                .map(|token| println!("{token}"))
+        }
+        Command::Openapi => unreachable!("handled above"),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(&e),
+    }
+}
+
+fn fail(message: &str) -> ExitCode {
+    eprintln!("dr-orchestrator: {message}");
+    ExitCode::from(2)
+}
