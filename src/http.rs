@@ -196,9 +196,17 @@ impl<T: DeserializeOwned> FromRequest for Query<T> {
     type Future = std::future::Ready<Result<Self, Error>>;
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        let de = serde_urlencoded::Deserializer::new(url::form_urlencoded::parse(
-            req.query_string().as_bytes(),
-        ));
+        let pairs = url::form_urlencoded::parse(req.query_string().as_bytes());
+        if let Some((key, _)) = pairs
+            .clone()
+            .find(|(k, v)| k.contains('\0') || v.contains('\0'))
+        {
+            return std::future::ready(Err(Error::field(
+                key.replace('\0', ""),
+                "must not contain NUL characters",
+            )));
+        }
+        let de = serde_urlencoded::Deserializer::new(pairs);
         let parsed = serde_path_to_error::deserialize(de)
             .map(Query)
             .map_err(|err| {
@@ -225,28 +233,59 @@ const SECRET_FIELD_HINTS: [&str; 6] = [
 ];
 
 /// Parses JSON into `T`; a failure names the field (`attributes.ssh.port`) and never quotes a
-/// secret value.
+/// secret value. Strings holding NUL are refused here: PostgreSQL cannot store them.
 pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, Error> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(Error::BadRequest(
             "the request body is empty; send a JSON object".into(),
         ));
     }
-    let de = &mut serde_json::Deserializer::from_slice(body);
-    serde_path_to_error::deserialize(de).map_err(|err| {
+    let value: serde_json::Value = serde_json::from_slice(body)
+        .map_err(|e| Error::BadRequest(format!("the body is not valid JSON: {e}")))?;
+    if let Some(path) = nul_path(&value, String::new()) {
+        let field = if path.is_empty() {
+            "body".to_owned()
+        } else {
+            path
+        };
+        return Err(Error::field(field, "must not contain NUL characters"));
+    }
+    serde_path_to_error::deserialize(value).map_err(|err| {
         let path = err.path().to_string();
-        let inner = err.into_inner();
-        if inner.is_syntax() || inner.is_eof() {
-            return Error::BadRequest(format!("the body is not valid JSON: {inner}"));
-        }
         let field = if path == "." { "body".to_owned() } else { path };
         let message = if SECRET_FIELD_HINTS.iter().any(|hint| field.contains(hint)) {
             "invalid value (not shown because the field is secret)".to_owned()
         } else {
-            strip_position(&inner.to_string())
+            strip_position(&err.into_inner().to_string())
         };
         Error::Validation(vec![FieldError::new(field, message)])
     })
+}
+
+/// The path of the first string or key that holds a NUL character.
+fn nul_path(value: &serde_json::Value, path: String) -> Option<String> {
+    let join = |key: &str| {
+        if path.is_empty() {
+            key.to_owned()
+        } else {
+            format!("{path}.{key}")
+        }
+    };
+    match value {
+        serde_json::Value::String(s) if s.contains('\0') => Some(path),
+        serde_json::Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .find_map(|(i, v)| nul_path(v, join(&i.to_string()))),
+        serde_json::Value::Object(map) => map.iter().find_map(|(k, v)| {
+            if k.contains('\0') {
+                Some(join(k))
+            } else {
+                nul_path(v, join(k))
+            }
+        }),
+        _ => None,
+    }
 }
 
 /// serde_json appends " at line 1 column 42" to data errors; the field path says more.
@@ -329,6 +368,16 @@ mod tests {
         };
         assert_eq!(errors[0].field, "secret");
         assert!(!errors[0].message.contains("12345678"));
+    }
+
+    #[test]
+    fn a_nul_character_anywhere_is_a_field_error() {
+        let Err(Error::Validation(errors)) =
+            parse_json::<serde_json::Value>(br#"{"a": {"b": ["ok", "x\u0000y"]}}"#)
+        else {
+            panic!("expected a validation error");
+        };
+        assert_eq!(errors[0].field, "a.b.1");
     }
 
     #[test]

@@ -15,6 +15,7 @@ use crate::db::Db;
 use crate::error::{Error, Problem, Result};
 use crate::http::Query;
 
+/// One mutation: who did what to which object, when, under which request id.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct AuditEntryView {
     #[schema(example = 42)]
@@ -56,6 +57,7 @@ impl From<AuditRow> for AuditEntryView {
     }
 }
 
+/// A page of the audit trail, newest first.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct AuditList {
     pub items: Vec<AuditEntryView>,

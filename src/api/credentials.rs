@@ -88,6 +88,7 @@ impl From<CredentialRow> for CredentialView {
     }
 }
 
+/// A page of credentials (metadata only), sorted by name.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct CredentialList {
     pub items: Vec<CredentialView>,

@@ -8,12 +8,14 @@ use crate::db::Db;
 use crate::error::{Error, Problem, Result};
 use crate::metrics::Metrics;
 
+/// The process is alive.
 #[derive(Serialize, ToSchema)]
 pub struct Health {
     #[schema(example = "ok")]
     pub status: String,
 }
 
+/// The service can serve requests: its database answers and is migrated.
 #[derive(Serialize, ToSchema)]
 pub struct Readiness {
     #[schema(example = "ready")]

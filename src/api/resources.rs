@@ -95,6 +95,7 @@ impl From<ResourceRow> for ResourceView {
     }
 }
 
+/// A page of resources, sorted by name.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ResourceList {
     pub items: Vec<ResourceView>,

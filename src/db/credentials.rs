@@ -11,6 +11,7 @@ use zeroize::Zeroizing;
 use super::audit::{self, Actor, AuditEntry};
 use super::models::{CredentialRow, CredentialWrite};
 use super::schema::{credentials, service_settings};
+use super::Key;
 use crate::crypto::MasterKey;
 use crate::domain::credentials::ValidSecret;
 use crate::error::{Error, Referrer, Result};
@@ -51,40 +52,41 @@ pub fn list(conn: &mut PgConnection, f: &CredentialFilter) -> Result<(Vec<Creden
     Ok((rows, total))
 }
 
-/// Finds a credential by id or name.
+/// Finds a credential by its id or its name.
 pub fn find(conn: &mut PgConnection, key: &str) -> Result<CredentialRow> {
-    let query = credentials::table
-        .select(CredentialRow::as_select())
-        .into_boxed();
-    let query = match Uuid::parse_str(key) {
-        Ok(id) => query.filter(credentials::id.eq(id)),
-        Err(_) => query.filter(credentials::name.eq(key.to_owned())),
+    let found = match Key::parse("credential", key)? {
+        Key::Id(id) => credentials::table
+            .find(id)
+            .select(CredentialRow::as_select())
+            .first(conn),
+        Key::Name(name) => credentials::table
+            .filter(credentials::name.eq(name))
+            .select(CredentialRow::as_select())
+            .first(conn),
     };
-    query
-        .first(conn)
+    found
         .optional()?
         .ok_or_else(|| Error::not_found("credential", key))
 }
 
+/// Finds and locks a credential until the transaction ends.
 fn find_for_update(conn: &mut PgConnection, key: &str) -> Result<CredentialRow> {
-    let id = match Uuid::parse_str(key) {
-        Ok(id) => Some(id),
-        Err(_) => credentials::table
-            .filter(credentials::name.eq(key))
+    let id = match Key::parse("credential", key)? {
+        Key::Id(id) => id,
+        Key::Name(name) => credentials::table
+            .filter(credentials::name.eq(name))
             .select(credentials::id)
             .first(conn)
-            .optional()?,
+            .optional()?
+            .ok_or_else(|| Error::not_found("credential", key))?,
     };
-    let row = match id {
-        Some(id) => credentials::table
-            .find(id)
-            .select(CredentialRow::as_select())
-            .for_update()
-            .first(conn)
-            .optional()?,
-        None => None,
-    };
-    row.ok_or_else(|| Error::not_found("credential", key))
+    credentials::table
+        .find(id)
+        .select(CredentialRow::as_select())
+        .for_update()
+        .first(conn)
+        .optional()?
+        .ok_or_else(|| Error::not_found("credential", key))
 }
 
 pub fn create(

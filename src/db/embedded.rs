@@ -301,6 +301,18 @@ fn init_cluster(
 /// Finds a directory with `initdb` and `postgres`: the override, the newest Debian layout
 /// (`/usr/lib/postgresql/<major>/bin`), then `PATH`.
 pub fn find_bindir(explicit: Option<&Path>) -> Result<PathBuf, String> {
+    find_bindir_in(
+        explicit,
+        Path::new("/usr/lib/postgresql"),
+        std::env::var_os("PATH"),
+    )
+}
+
+fn find_bindir_in(
+    explicit: Option<&Path>,
+    debian_root: &Path,
+    path_var: Option<std::ffi::OsString>,
+) -> Result<PathBuf, String> {
     let has_server = |dir: &Path| dir.join("initdb").is_file() && dir.join("postgres").is_file();
     if let Some(dir) = explicit {
         return if has_server(dir) {
@@ -312,7 +324,7 @@ pub fn find_bindir(explicit: Option<&Path>) -> Result<PathBuf, String> {
             ))
         };
     }
-    let mut debian: Vec<(u32, PathBuf)> = fs::read_dir("/usr/lib/postgresql")
+    let mut debian: Vec<(u32, PathBuf)> = fs::read_dir(debian_root)
         .into_iter()
         .flatten()
         .flatten()
@@ -326,7 +338,7 @@ pub fn find_bindir(explicit: Option<&Path>) -> Result<PathBuf, String> {
     if let Some((_, dir)) = debian.pop() {
         return Ok(dir);
     }
-    std::env::var_os("PATH")
+    path_var
         .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
         .unwrap_or_default()
         .into_iter()
@@ -370,6 +382,18 @@ mod tests {
     #[test]
     fn socket_paths_are_percent_encoded_in_the_url() {
         assert_eq!(percent_encode_path(Path::new("/a b/c")), "/a%20b/c");
+    }
+
+    #[test]
+    fn without_server_programs_the_message_says_what_to_install_or_set() {
+        let err = find_bindir_in(
+            None,
+            Path::new("/nonexistent"),
+            Some("/nonexistent/bin".into()),
+        )
+        .unwrap_err();
+        assert!(err.contains("apt-get install -y postgresql"), "{err}");
+        assert!(err.contains("DATABASE_URL"), "{err}");
     }
 
     #[test]

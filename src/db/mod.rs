@@ -54,6 +54,26 @@ pub fn migrations_applied(conn: &mut PgConnection) -> Result<bool, String> {
         .map_err(|e| e.to_string())
 }
 
+/// How a request path names an object: by id or by its name. Anything else cannot exist,
+/// so it is a 404 before any query runs.
+#[derive(Debug, Clone)]
+pub enum Key {
+    Id(uuid::Uuid),
+    Name(String),
+}
+
+impl Key {
+    pub fn parse(what: &'static str, raw: &str) -> Result<Self> {
+        if let Ok(id) = uuid::Uuid::parse_str(raw) {
+            return Ok(Self::Id(id));
+        }
+        if crate::domain::validation::is_name(raw) {
+            return Ok(Self::Name(raw.to_owned()));
+        }
+        Err(Error::not_found(what, raw))
+    }
+}
+
 /// Handle on the pool that runs each database call on tokio's blocking threads, never on an
 /// actix worker.
 #[derive(Clone)]

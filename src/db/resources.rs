@@ -10,6 +10,7 @@ use uuid::Uuid;
 use super::audit::{self, Actor, AuditEntry};
 use super::models::{CredentialRefRow, ResourceRow, ResourceWrite};
 use super::schema::{credentials, resource_credential_refs, resources};
+use super::Key;
 use crate::domain::resources::{CredentialRef, LabelSelector};
 use crate::error::{Error, FieldError, Result};
 use crate::http::IfMatch;
@@ -59,38 +60,39 @@ pub fn list(conn: &mut PgConnection, f: &ResourceFilter) -> Result<(Vec<Resource
 
 /// Finds a resource by its id or its name.
 pub fn find(conn: &mut PgConnection, key: &str) -> Result<ResourceRow> {
-    let query = resources::table
-        .select(ResourceRow::as_select())
-        .into_boxed();
-    let query = match Uuid::parse_str(key) {
-        Ok(id) => query.filter(resources::id.eq(id)),
-        Err(_) => query.filter(resources::name.eq(key.to_owned())),
+    let found = match Key::parse("resource", key)? {
+        Key::Id(id) => resources::table
+            .find(id)
+            .select(ResourceRow::as_select())
+            .first(conn),
+        Key::Name(name) => resources::table
+            .filter(resources::name.eq(name))
+            .select(ResourceRow::as_select())
+            .first(conn),
     };
-    query
-        .first(conn)
+    found
         .optional()?
         .ok_or_else(|| Error::not_found("resource", key))
 }
 
+/// Finds and locks a resource until the transaction ends.
 fn find_for_update(conn: &mut PgConnection, key: &str) -> Result<ResourceRow> {
-    let id = match Uuid::parse_str(key) {
-        Ok(id) => Some(id),
-        Err(_) => resources::table
-            .filter(resources::name.eq(key))
+    let id = match Key::parse("resource", key)? {
+        Key::Id(id) => id,
+        Key::Name(name) => resources::table
+            .filter(resources::name.eq(name))
             .select(resources::id)
             .first(conn)
-            .optional()?,
+            .optional()?
+            .ok_or_else(|| Error::not_found("resource", key))?,
     };
-    let row = match id {
-        Some(id) => resources::table
-            .find(id)
-            .select(ResourceRow::as_select())
-            .for_update()
-            .first(conn)
-            .optional()?,
-        None => None,
-    };
-    row.ok_or_else(|| Error::not_found("resource", key))
+    resources::table
+        .find(id)
+        .select(ResourceRow::as_select())
+        .for_update()
+        .first(conn)
+        .optional()?
+        .ok_or_else(|| Error::not_found("resource", key))
 }
 
 pub fn create(

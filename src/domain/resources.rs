@@ -17,6 +17,7 @@ use super::validation::{
 };
 use crate::error::FieldError;
 
+/// What a resource is; it decides the shape of `attributes`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ResourceKind {
@@ -127,6 +128,7 @@ pub struct HostAttributes {
     pub extra: Map<String, Value>,
 }
 
+/// The operating system family of a host.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum OsFamily {
@@ -155,6 +157,7 @@ pub struct JumpServerAttributes {
     pub extra: Map<String, Value>,
 }
 
+/// The database product.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum DatabaseEngine {
@@ -192,6 +195,7 @@ pub struct DatabaseAttributes {
     pub extra: Map<String, Value>,
 }
 
+/// The DNS record type.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema)]
 #[allow(clippy::upper_case_acronyms)] // the record types' own spelling
 pub enum DnsRecordType {

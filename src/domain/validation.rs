@@ -37,11 +37,15 @@ pub const NAME_RULE: &str =
     "must be 1-63 characters of lowercase letters, digits and `_`, starting with a letter (it is used in templates as resources.<name>)";
 
 /// Names are slugs that templates can use as identifiers: `resources.web01.private_ip`.
-pub fn check_name(v: &mut Violations, field: &str, name: &str) {
+pub fn is_name(name: &str) -> bool {
     let mut chars = name.chars();
     let starts_with_letter = chars.next().is_some_and(|c| c.is_ascii_lowercase());
     let rest_ok = chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
-    if !(starts_with_letter && rest_ok && name.len() <= 63) {
+    starts_with_letter && rest_ok && name.len() <= 63
+}
+
+pub fn check_name(v: &mut Violations, field: &str, name: &str) {
+    if !is_name(name) {
         v.add(field, NAME_RULE);
     }
 }

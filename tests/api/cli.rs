@@ -1,0 +1,188 @@
+//! The binary as a newcomer uses it: `serve` with nothing configured runs its own PostgreSQL
+//! under ./data, `token` from the same directory makes a token that service accepts.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_dr-orchestrator");
+
+fn bare_command(dir: &Path) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.current_dir(dir);
+    for var in [
+        "DATABASE_URL",
+        "DRO_JWT_SECRET",
+        "DRO_MASTER_KEY",
+        "DRO_DATA_DIR",
+        "DRO_BIND",
+        "DRO_PG_BINDIR",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test]
+async fn serve_with_nothing_configured_runs_its_own_postgres_and_token_works_beside_it() {
+    let dir = std::env::temp_dir().join(format!("dro-cli-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let port = free_port();
+    let child = bare_command(&dir)
+        .arg("serve")
+        .env("DRO_BIND", format!("127.0.0.1:{port}"))
+        .env("DRO_HTTP_WORKERS", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut child = KillOnDrop(child);
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        if let Ok(r) = client.get(format!("{base}/readyz")).send().await {
+            if r.status() == 200 {
+                break;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the service did not become ready"
+        );
+        if let Ok(Some(status)) = child.0.try_wait() {
+            panic!("serve exited early: {status}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let docs = client.get(format!("{base}/docs/")).send().await.unwrap();
+    assert_eq!(docs.status(), 200);
+    for file in ["jwt_secret", "master_key"] {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.join("data").join(file))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{file}");
+    }
+
+    let out = bare_command(&dir)
+        .args([
+            "token",
+            "--role",
+            "operator",
+            "--subject",
+            "ci",
+            "--ttl",
+            "15m",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let token = stdout.lines().last().unwrap().trim();
+    let r = client
+        .get(format!("{base}/api/v1/resources"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+
+    // SIGINT: the service drains and stops its PostgreSQL.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.0.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while child.0.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "serve did not stop on SIGINT");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let banner = {
+        use std::io::Read;
+        let mut s = String::new();
+        child
+            .0
+            .stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut s)
+            .unwrap();
+        s
+    };
+    assert!(banner.contains("/docs/"), "{banner}");
+    assert!(
+        banner.lines().any(|l| l.trim().starts_with("eyJ")),
+        "an admin token is printed: {banner}"
+    );
+    assert!(
+        !dir.join("data/postgres/postmaster.pid").exists(),
+        "the embedded PostgreSQL was stopped"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn with_an_external_database_and_no_secrets_serve_says_what_to_set() {
+    let dir = std::env::temp_dir();
+    let out = bare_command(&dir)
+        .arg("serve")
+        .env("DATABASE_URL", "postgres://postgres@127.0.0.1:1/nowhere")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("cannot connect to the database"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_bad_setting_exits_2_naming_the_variable() {
+    let out = bare_command(&std::env::temp_dir())
+        .arg("serve")
+        .env("DRO_BIND", "nowhere")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("DRO_BIND"));
+}
+
+#[test]
+fn token_refuses_a_bad_role_or_ttl() {
+    let dir = std::env::temp_dir();
+    let out = bare_command(&dir)
+        .args(["token", "--role", "root"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let out = bare_command(&dir)
+        .args(["token", "--ttl", "1y"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+}
