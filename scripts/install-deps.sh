@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Installs, when missing, what building and testing dr-orchestrator needs on Debian/Ubuntu:
+# PostgreSQL's server (the embedded default and the tests run it), libpq's headers (diesel
+# links libpq), a C toolchain and pkg-config. Idempotent: installs nothing when all is there.
+set -euo pipefail
+
+packages=(postgresql libpq-dev build-essential pkg-config libssl-dev ca-certificates)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+
+if ((${#missing[@]})); then
+  echo "install-deps: installing ${missing[*]}"
+  sudo=""
+  if [ "$(id -u)" -ne 0 ]; then
+    command -v sudo >/dev/null || { echo "install-deps: run as root or install: ${missing[*]}" >&2; exit 1; }
+    sudo="sudo"
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  $sudo apt-get update -qq
+  $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+if ! command -v cargo >/dev/null; then
+  echo "install-deps: cargo is not on PATH; install a Rust toolchain (rustup, stable >= 1.80) first" >&2
+  exit 1
+fi
