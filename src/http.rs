@@ -132,6 +132,17 @@ pub fn problem_for_plain_errors<B>(
                 res.request().path()
             ),
         ),
+        _ if status.is_server_error() => {
+            if let Some(e) = res.response().error() {
+                tracing::error!(cause = %e, "request failed");
+            }
+            (
+                "internal",
+                "Internal error",
+                "the service failed to handle the request; the log has the cause under this request id"
+                    .to_owned(),
+            )
+        }
         _ => (
             "http-error",
             status.canonical_reason().unwrap_or("Error"),

@@ -13,6 +13,7 @@ use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 use diesel::prelude::*;
+use nix::fcntl::{Flock, FlockArg};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::{Pid, User};
 
@@ -27,18 +28,47 @@ and DATABASE_URL is not set. Either install them (Debian/Ubuntu: `apt-get instal
 or point DRO_PG_BINDIR at the directory that holds them), or set DATABASE_URL to an existing \
 PostgreSQL database, e.g. postgres://user:password@127.0.0.1:5432/dr_orchestrator";
 
-/// A running private cluster. Dropping it stops the server unless `keep_running` was called.
+/// A running private cluster. Dropping an owned cluster stops the server.
 pub struct EmbeddedPostgres {
     cluster_dir: PathBuf,
     pid: Option<Pid>,
     child: Option<Child>,
-    keep_running: bool,
+    /// The exclusive claim on the data dir; `None` for a shared cluster, which is never stopped.
+    owner_lock: Option<Flock<fs::File>>,
 }
 
 impl EmbeddedPostgres {
-    /// Starts (creating on first use) the cluster under `root/postgres`, or reuses the one
-    /// already running there (for instance after this service was killed).
+    /// Starts (creating on first use) the cluster under `root/postgres` for this process alone,
+    /// or adopts the one still running there after a crash. Stops it when dropped. Refuses
+    /// when another live process already owns that directory.
     pub fn start(root: &Path, bindir: Option<&Path>) -> Result<Self, String> {
+        fs::create_dir_all(root).map_err(|e| format!("cannot create {}: {e}", root.display()))?;
+        let lock_path = root.join("embedded.lock");
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| format!("cannot open {}: {e}", lock_path.display()))?;
+        let lock = Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|_| {
+            format!(
+                "another dr-orchestrator process is using the embedded PostgreSQL in {}; stop it, \
+                 or give this one its own DRO_DATA_DIR or a DATABASE_URL",
+                root.display()
+            )
+        })?;
+        let mut cluster = Self::start_inner(root, bindir)?;
+        cluster.owner_lock = Some(lock);
+        Ok(cluster)
+    }
+
+    /// Starts or joins a cluster that several processes share (test harnesses); it is left
+    /// running when dropped.
+    pub fn start_shared(root: &Path, bindir: Option<&Path>) -> Result<Self, String> {
+        Self::start_inner(root, bindir)
+    }
+
+    fn start_inner(root: &Path, bindir: Option<&Path>) -> Result<Self, String> {
         let bindir = find_bindir(bindir)?;
         fs::create_dir_all(root).map_err(|e| format!("cannot create {}: {e}", root.display()))?;
         let root = root
@@ -53,7 +83,7 @@ impl EmbeddedPostgres {
             ));
         }
         let owner = ClusterOwner::for_current_process()?;
-        if root_needs_traverse(&owner) {
+        if owner.user.is_some() {
             // The unprivileged cluster user must be able to walk into the data dir; the
             // secrets beside it stay 0600.
             fs::set_permissions(&root, fs::Permissions::from_mode(0o711))
@@ -66,7 +96,7 @@ impl EmbeddedPostgres {
             cluster_dir,
             pid: None,
             child: None,
-            keep_running: false,
+            owner_lock: None,
         };
         if let Some(pid) = cluster.running_pid() {
             tracing::warn!(
@@ -79,11 +109,6 @@ impl EmbeddedPostgres {
         }
         cluster.wait_ready(&root)?;
         Ok(cluster)
-    }
-
-    /// Leaves the server running when this handle is dropped (for test harnesses that share it).
-    pub fn keep_running(&mut self) {
-        self.keep_running = true;
     }
 
     /// A libpq URL for `database` over the cluster's unix socket.
@@ -202,7 +227,7 @@ impl EmbeddedPostgres {
 
 impl Drop for EmbeddedPostgres {
     fn drop(&mut self) {
-        if !self.keep_running {
+        if self.owner_lock.is_some() {
             self.stop();
         }
     }
@@ -253,10 +278,6 @@ impl ClusterOwner {
             None => Ok(()),
         }
     }
-}
-
-fn root_needs_traverse(owner: &ClusterOwner) -> bool {
-    owner.user.is_some()
 }
 
 fn init_cluster(

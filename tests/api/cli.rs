@@ -40,12 +40,11 @@ impl Drop for KillOnDrop {
     }
 }
 
-#[tokio::test]
-async fn serve_with_nothing_configured_runs_its_own_postgres_and_token_works_beside_it() {
-    let dir = std::env::temp_dir().join(format!("dro-cli-{}", uuid::Uuid::new_v4().simple()));
-    std::fs::create_dir_all(&dir).unwrap();
+/// Starts `serve` in `dir` with nothing configured but the port; returns it and its base URL
+/// once `/readyz` answers 200.
+async fn start_serve(dir: &Path) -> (KillOnDrop, String) {
     let port = free_port();
-    let child = bare_command(&dir)
+    let child = bare_command(dir)
         .arg("serve")
         .env("DRO_BIND", format!("127.0.0.1:{port}"))
         .env("DRO_HTTP_WORKERS", "1")
@@ -55,12 +54,11 @@ async fn serve_with_nothing_configured_runs_its_own_postgres_and_token_works_bes
         .unwrap();
     let mut child = KillOnDrop(child);
     let base = format!("http://127.0.0.1:{port}");
-    let client = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
-        if let Ok(r) = client.get(format!("{base}/readyz")).send().await {
+        if let Ok(r) = reqwest::get(format!("{base}/readyz")).await {
             if r.status() == 200 {
-                break;
+                return (child, base);
             }
         }
         assert!(
@@ -72,6 +70,36 @@ async fn serve_with_nothing_configured_runs_its_own_postgres_and_token_works_bes
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// Sends SIGINT and waits for the process to exit; returns what it printed on stdout.
+async fn interrupt(child: &mut KillOnDrop) -> String {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.0.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while child.0.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "serve did not stop on SIGINT");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut child.0.stdout.take().unwrap(), &mut out).unwrap();
+    out
+}
+
+fn temp_dir() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("dro-cli-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[tokio::test]
+async fn serve_with_nothing_configured_runs_its_own_postgres_and_token_works_beside_it() {
+    let dir = temp_dir();
+    let (mut child, base) = start_serve(&dir).await;
+    let client = reqwest::Client::new();
     let docs = client.get(format!("{base}/docs/")).send().await.unwrap();
     assert_eq!(docs.status(), 200);
     for file in ["jwt_secret", "master_key"] {
@@ -110,29 +138,19 @@ async fn serve_with_nothing_configured_runs_its_own_postgres_and_token_works_bes
         .unwrap();
     assert_eq!(r.status(), 200);
 
-    // SIGINT: the service drains and stops its PostgreSQL.
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.0.id() as i32),
-        nix::sys::signal::Signal::SIGINT,
-    )
-    .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while child.0.try_wait().unwrap().is_none() {
-        assert!(Instant::now() < deadline, "serve did not stop on SIGINT");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let banner = {
-        use std::io::Read;
-        let mut s = String::new();
-        child
-            .0
-            .stdout
-            .take()
-            .unwrap()
-            .read_to_string(&mut s)
-            .unwrap();
-        s
-    };
+    // A second process on the same data dir is refused rather than sharing (and later
+    // stopping) the first one's database.
+    let second = bare_command(&dir).arg("migrate").output().unwrap();
+    assert_eq!(second.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&second.stderr).contains("another dr-orchestrator process"),
+        "{}",
+        String::from_utf8_lossy(&second.stderr)
+    );
+    let still = client.get(format!("{base}/readyz")).send().await.unwrap();
+    assert_eq!(still.status(), 200, "the first service keeps its database");
+
+    let banner = interrupt(&mut child).await;
     assert!(banner.contains("/docs/"), "{banner}");
     assert!(
         banner.lines().any(|l| l.trim().starts_with("eyJ")),
@@ -141,6 +159,28 @@ async fn serve_with_nothing_configured_runs_its_own_postgres_and_token_works_bes
     assert!(
         !dir.join("data/postgres/postmaster.pid").exists(),
         "the embedded PostgreSQL was stopped"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn after_serve_is_killed_the_next_serve_adopts_its_postgres_and_stops_it() {
+    let dir = temp_dir();
+    let (mut first, _) = start_serve(&dir).await;
+    first.0.kill().unwrap();
+    first.0.wait().unwrap();
+    assert!(
+        dir.join("data/postgres/postmaster.pid").exists(),
+        "the orphan is still running"
+    );
+
+    let (mut second, base) = start_serve(&dir).await;
+    let ready = reqwest::get(format!("{base}/readyz")).await.unwrap();
+    assert_eq!(ready.status(), 200);
+    interrupt(&mut second).await;
+    assert!(
+        !dir.join("data/postgres/postmaster.pid").exists(),
+        "the adopted PostgreSQL was stopped"
     );
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -57,14 +57,13 @@ fn server() -> &'static Server {
             .expect("lock file for the test cluster");
         let _guard = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
             .expect("lock the test cluster");
-        let mut cluster = EmbeddedPostgres::start(&dir, None).unwrap_or_else(|e| {
+        let cluster = EmbeddedPostgres::start_shared(&dir, None).unwrap_or_else(|e| {
             panic!(
                 "no PostgreSQL for the tests: set TEST_DATABASE_URL, run a server on \
                  127.0.0.1:5432, or install Debian's `postgresql` package ({e})"
             )
         });
         // Shared by every test process; it stays up for the next run.
-        cluster.keep_running();
         Server::Embedded(cluster)
     })
 }
