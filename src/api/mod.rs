@@ -9,7 +9,6 @@ pub mod resources;
 
 use actix_web::http::header;
 use actix_web::{web, HttpResponse};
-use serde_json::Value;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 use utoipa_swagger_ui::SwaggerUi;
@@ -124,24 +123,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         );
 }
 
-/// Applies an RFC 7396 JSON merge patch to `target`.
-pub fn merge_patch(target: &mut Value, patch: &Value) {
-    let Value::Object(patch_map) = patch else {
-        *target = patch.clone();
-        return;
-    };
-    if !target.is_object() {
-        *target = Value::Object(Default::default());
-    }
-    let target_map = target.as_object_mut().expect("made an object above");
-    for (key, value) in patch_map {
-        if value.is_null() {
-            target_map.remove(key);
-        } else {
-            merge_patch(target_map.entry(key.clone()).or_insert(Value::Null), value);
-        }
-    }
-}
+pub use crate::domain::merge_patch;
 
 #[cfg(test)]
 mod tests {
