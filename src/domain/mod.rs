@@ -3,6 +3,7 @@
 
 pub mod credentials;
 pub mod duration;
+pub mod plans;
 pub mod resources;
 pub mod steps;
 pub mod templates;
