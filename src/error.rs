@@ -232,9 +232,9 @@ impl From<diesel::result::Error> for Error {
         use diesel::result::{DatabaseErrorKind, Error as D};
         match e {
             D::NotFound => Self::not_found("object", "requested"),
-            D::DatabaseError(DatabaseErrorKind::UniqueViolation, info) => {
-                Self::conflict(unique_violation_detail(info.constraint_name()))
-            }
+            D::DatabaseError(DatabaseErrorKind::UniqueViolation, info) => Self::conflict(
+                unique_violation_detail(info.constraint_name(), info.details()),
+            ),
             D::DatabaseError(DatabaseErrorKind::ForeignKeyViolation, _) => {
                 Self::conflict("the object is still referred to by another object")
             }
@@ -243,12 +243,22 @@ impl From<diesel::result::Error> for Error {
     }
 }
 
-/// A unique violation names its constraint; turn the ones we know into plain words.
-fn unique_violation_detail(constraint: Option<&str>) -> String {
-    match constraint {
-        Some("resources_name_key") => "a resource with this name already exists".to_owned(),
-        Some("credentials_name_key") => "a credential with this name already exists".to_owned(),
-        _ => "an object with the same unique key already exists".to_owned(),
+/// A unique violation names its constraint; turn the ones we know into plain words, quoting
+/// the name from PostgreSQL's detail (`Key (name)=(web01) already exists.`).
+fn unique_violation_detail(constraint: Option<&str>, details: Option<&str>) -> String {
+    let what = match constraint {
+        Some("resources_name_key") => "resource",
+        Some("credentials_name_key") => "credential",
+        Some("steps_name_key") => "step",
+        Some("plans_name_key") => "plan",
+        _ => return "an object with the same unique key already exists".to_owned(),
+    };
+    let name = details
+        .and_then(|d| d.strip_prefix("Key (name)=("))
+        .and_then(|d| d.strip_suffix(") already exists."));
+    match name {
+        Some(name) => format!("a {what} named `{name}` already exists"),
+        None => format!("a {what} with this name already exists"),
     }
 }
 

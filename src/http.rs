@@ -168,30 +168,60 @@ impl<T: DeserializeOwned + 'static> FromRequest for JsonBody<T> {
 
     fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
         let content_type_ok = is_json_content_type(req);
-        let mut payload = payload.take();
+        let payload = payload.take();
         Box::pin(async move {
             if !content_type_ok {
                 return Err(Error::UnsupportedMediaType(
                     "send the body as `application/json`".to_owned(),
                 ));
             }
-            let mut body = web::BytesMut::new();
-            while let Some(chunk) = payload.next().await {
-                let chunk = chunk
-                    .map_err(|e| Error::BadRequest(format!("reading the body failed: {e}")))?;
-                if body.len() + chunk.len() > MAX_JSON_BODY {
-                    return Err(Error::PayloadTooLarge(format!(
-                        "the body is larger than {MAX_JSON_BODY} bytes"
-                    )));
-                }
-                body.extend_from_slice(&chunk);
-            }
-            parse_json(&body).map(JsonBody)
+            parse_json(&read_body(payload).await?).map(JsonBody)
         })
     }
 }
 
-fn is_json_content_type(req: &HttpRequest) -> bool {
+/// An optional JSON body: none when the body is empty; otherwise it must be valid JSON.
+pub struct OptionalJson<T>(pub Option<T>);
+
+impl<T: DeserializeOwned + 'static> FromRequest for OptionalJson<T> {
+    type Error = Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self, Error>>>>;
+
+    fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
+        let content_type_ok = is_json_content_type(req);
+        let payload = payload.take();
+        Box::pin(async move {
+            let body = read_body(payload).await?;
+            if body.iter().all(u8::is_ascii_whitespace) {
+                return Ok(OptionalJson(None));
+            }
+            if !content_type_ok {
+                return Err(Error::UnsupportedMediaType(
+                    "send the body as `application/json`".to_owned(),
+                ));
+            }
+            parse_json(&body).map(|v| OptionalJson(Some(v)))
+        })
+    }
+}
+
+/// Reads a request body of at most `MAX_JSON_BODY` bytes.
+pub async fn read_body(mut payload: Payload) -> Result<web::BytesMut, Error> {
+    let mut body = web::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk =
+            chunk.map_err(|e| Error::BadRequest(format!("reading the body failed: {e}")))?;
+        if body.len() + chunk.len() > MAX_JSON_BODY {
+            return Err(Error::PayloadTooLarge(format!(
+                "the body is larger than {MAX_JSON_BODY} bytes"
+            )));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+pub fn is_json_content_type(req: &HttpRequest) -> bool {
     let Ok(Some(mime)) = req.mime_type() else {
         return false;
     };
@@ -253,6 +283,11 @@ pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, Error> {
     }
     let value: serde_json::Value = serde_json::from_slice(body)
         .map_err(|e| Error::BadRequest(format!("the body is not valid JSON: {e}")))?;
+    from_value(value)
+}
+
+/// Converts an already parsed document (JSON or YAML) into `T`, with the same field errors.
+pub fn from_value<T: DeserializeOwned>(value: serde_json::Value) -> Result<T, Error> {
     if let Some(path) = nul_path(&value, String::new()) {
         let field = if path.is_empty() {
             "body".to_owned()

@@ -27,6 +27,7 @@ use crate::config::{Config, LogFormat};
 use crate::crypto::MasterKey;
 use crate::db::embedded::EmbeddedPostgres;
 use crate::db::Db;
+use crate::domain::templates::TemplateEngine;
 use crate::metrics::Metrics;
 use crate::secrets::Secrets;
 
@@ -40,6 +41,7 @@ pub struct AppState {
     pub jwt: Arc<JwtKeys>,
     pub master_key: Arc<MasterKey>,
     pub metrics: Arc<Metrics>,
+    pub templates: Arc<TemplateEngine>,
 }
 
 impl AppState {
@@ -49,6 +51,7 @@ impl AppState {
             jwt: Arc::new(JwtKeys::new(&secrets.jwt_secret)),
             master_key: Arc::new(secrets.master_key),
             metrics: Arc::new(Metrics::new()),
+            templates: Arc::new(TemplateEngine::new()),
         }
     }
 }
@@ -70,6 +73,7 @@ pub fn build_app(
         .app_data(web::Data::from(state.jwt.clone()))
         .app_data(web::Data::from(state.master_key.clone()))
         .app_data(web::Data::from(state.metrics.clone()))
+        .app_data(web::Data::from(state.templates.clone()))
         .configure(api::routes)
         .wrap(ErrorHandlers::new().default_handler(http::problem_for_plain_errors))
         .wrap(from_fn(http::observe))

@@ -5,7 +5,9 @@ pub mod audit;
 pub mod credentials;
 pub mod health;
 pub mod pagination;
+pub mod plans;
 pub mod resources;
+pub mod steps;
 
 use actix_web::http::header;
 use actix_web::{web, HttpResponse};
@@ -33,6 +35,9 @@ PUT, PATCH and DELETE to avoid overwriting someone else's change (412 when it ch
         health::healthz, health::readyz, health::metrics,
         resources::list, resources::create, resources::get, resources::replace, resources::patch, resources::delete,
         credentials::list, credentials::create, credentials::get, credentials::replace, credentials::patch, credentials::delete,
+        steps::list, steps::create, steps::get, steps::replace, steps::patch, steps::delete,
+        plans::list, plans::create, plans::get, plans::replace, plans::delete,
+        plans::versions, plans::version, plans::validate, plans::render,
         audit::list,
     ),
     components(schemas(
@@ -43,11 +48,17 @@ PUT, PATCH and DELETE to avoid overwriting someone else's change (412 when it ch
         domain::resources::ObjectStorageAttributes,
         domain::credentials::PasswordSecret, domain::credentials::PrivateKeySecret,
         domain::credentials::TokenSecret, domain::credentials::AccessKeyPairSecret,
+        domain::steps::HostRecoveryParams, domain::steps::PowerOnParams,
+        domain::steps::RemoteScriptParams, domain::steps::LocalScriptParams,
+        domain::steps::HttpRequestParams, domain::steps::CheckParams,
+        domain::steps::ManualApprovalParams, domain::steps::WaitParams,
     )),
     tags(
         (name = "health", description = "Liveness, readiness, metrics"),
         (name = "resources", description = "The inventory a plan acts on"),
         (name = "credentials", description = "Secret material: encrypted at rest, write-only"),
+        (name = "steps", description = "Reusable action definitions"),
+        (name = "plans", description = "Recovery plans: versioned DAGs of steps, validated and rendered"),
         (name = "audit", description = "Every mutation: who, what, when"),
     ),
     modifiers(&BearerAuth),
@@ -119,6 +130,40 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                         .route(web::patch().to(credentials::patch))
                         .route(web::delete().to(credentials::delete)),
                 )
+                .service(
+                    web::resource("/steps")
+                        .route(web::get().to(steps::list))
+                        .route(web::post().to(steps::create)),
+                )
+                .service(
+                    web::resource("/steps/{key}")
+                        .route(web::get().to(steps::get))
+                        .route(web::put().to(steps::replace))
+                        .route(web::patch().to(steps::patch))
+                        .route(web::delete().to(steps::delete)),
+                )
+                .service(
+                    web::resource("/plans")
+                        .route(web::get().to(plans::list))
+                        .route(web::post().to(plans::create)),
+                )
+                .service(
+                    web::resource("/plans/{key}")
+                        .route(web::get().to(plans::get))
+                        .route(web::put().to(plans::replace))
+                        .route(web::delete().to(plans::delete)),
+                )
+                .service(
+                    web::resource("/plans/{key}/versions").route(web::get().to(plans::versions)),
+                )
+                .service(
+                    web::resource("/plans/{key}/versions/{version}")
+                        .route(web::get().to(plans::version)),
+                )
+                .service(
+                    web::resource("/plans/{key}/validate").route(web::post().to(plans::validate)),
+                )
+                .service(web::resource("/plans/{key}/render").route(web::post().to(plans::render)))
                 .service(web::resource("/audit").route(web::get().to(audit::list))),
         );
 }

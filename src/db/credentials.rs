@@ -11,7 +11,6 @@ use zeroize::Zeroizing;
 use super::audit::{self, Actor, AuditEntry};
 use super::models::{CredentialRow, CredentialWrite};
 use super::schema::{credentials, service_settings};
-use super::Key;
 use crate::crypto::MasterKey;
 use crate::domain::credentials::ValidSecret;
 use crate::error::{Error, Referrer, Result};
@@ -52,42 +51,7 @@ pub fn list(conn: &mut PgConnection, f: &CredentialFilter) -> Result<(Vec<Creden
     Ok((rows, total))
 }
 
-/// Finds a credential by its id or its name.
-pub fn find(conn: &mut PgConnection, key: &str) -> Result<CredentialRow> {
-    let found = match Key::parse("credential", key)? {
-        Key::Id(id) => credentials::table
-            .find(id)
-            .select(CredentialRow::as_select())
-            .first(conn),
-        Key::Name(name) => credentials::table
-            .filter(credentials::name.eq(name))
-            .select(CredentialRow::as_select())
-            .first(conn),
-    };
-    found
-        .optional()?
-        .ok_or_else(|| Error::not_found("credential", key))
-}
-
-/// Finds and locks a credential until the transaction ends.
-fn find_for_update(conn: &mut PgConnection, key: &str) -> Result<CredentialRow> {
-    let id = match Key::parse("credential", key)? {
-        Key::Id(id) => id,
-        Key::Name(name) => credentials::table
-            .filter(credentials::name.eq(name))
-            .select(credentials::id)
-            .first(conn)
-            .optional()?
-            .ok_or_else(|| Error::not_found("credential", key))?,
-    };
-    credentials::table
-        .find(id)
-        .select(CredentialRow::as_select())
-        .for_update()
-        .first(conn)
-        .optional()?
-        .ok_or_else(|| Error::not_found("credential", key))
-}
+super::lookup_by_key!(credentials, CredentialRow, "credential");
 
 pub fn create(
     conn: &mut PgConnection,

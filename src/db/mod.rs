@@ -5,8 +5,10 @@ pub mod audit;
 pub mod credentials;
 pub mod embedded;
 pub mod models;
+pub mod plans;
 pub mod resources;
 pub mod schema;
+pub mod steps;
 
 use std::time::Duration;
 
@@ -73,6 +75,50 @@ impl Key {
         Err(Error::not_found(what, raw))
     }
 }
+
+/// Generates `find` (by id or name) and `find_for_update` (the same, locking the row until the
+/// transaction ends) for a table with `id` and a unique `name`.
+macro_rules! lookup_by_key {
+    ($table:ident, $row:ty, $what:literal) => {
+        /// Finds a row by its id or its name.
+        pub fn find(conn: &mut PgConnection, key: &str) -> Result<$row> {
+            let found = match $crate::db::Key::parse($what, key)? {
+                $crate::db::Key::Id(id) => $table::table
+                    .find(id)
+                    .select(<$row>::as_select())
+                    .first(conn),
+                $crate::db::Key::Name(name) => $table::table
+                    .filter($table::name.eq(name))
+                    .select(<$row>::as_select())
+                    .first(conn),
+            };
+            found
+                .optional()?
+                .ok_or_else(|| Error::not_found($what, key))
+        }
+
+        /// Finds and locks a row until the transaction ends.
+        pub(crate) fn find_for_update(conn: &mut PgConnection, key: &str) -> Result<$row> {
+            let id = match $crate::db::Key::parse($what, key)? {
+                $crate::db::Key::Id(id) => id,
+                $crate::db::Key::Name(name) => $table::table
+                    .filter($table::name.eq(name))
+                    .select($table::id)
+                    .first(conn)
+                    .optional()?
+                    .ok_or_else(|| Error::not_found($what, key))?,
+            };
+            $table::table
+                .find(id)
+                .select(<$row>::as_select())
+                .for_update()
+                .first(conn)
+                .optional()?
+                .ok_or_else(|| Error::not_found($what, key))
+        }
+    };
+}
+pub(crate) use lookup_by_key;
 
 /// Handle on the pool that runs each database call on tokio's blocking threads, never on an
 /// actix worker.

@@ -83,3 +83,42 @@ pub struct AuditRow {
     pub request_id: Option<String>,
     pub details: Value,
 }
+
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = super::schema::steps, check_for_backend(diesel::pg::Pg))]
+pub struct StepRow {
+    pub id: Uuid,
+    pub name: String,
+    pub kind: String,
+    pub description: String,
+    pub definition: Value,
+    pub version: i32,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub created_by: String,
+    pub updated_by: String,
+}
+
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = super::schema::plans, check_for_backend(diesel::pg::Pg))]
+pub struct PlanRow {
+    pub id: Uuid,
+    pub name: String,
+    pub description: String,
+    pub latest_version: i32,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub created_by: String,
+    pub updated_by: String,
+}
+
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = super::schema::plan_versions, check_for_backend(diesel::pg::Pg))]
+pub struct PlanVersionRow {
+    pub plan_id: Uuid,
+    pub version: i32,
+    pub spec: Value,
+    pub resolved: Value,
+    pub created_at: DateTime<Utc>,
+    pub created_by: String,
+}

@@ -10,7 +10,6 @@ use uuid::Uuid;
 use super::audit::{self, Actor, AuditEntry};
 use super::models::{CredentialRefRow, ResourceRow, ResourceWrite};
 use super::schema::{credentials, resource_credential_refs, resources};
-use super::Key;
 use crate::domain::resources::{CredentialRef, LabelSelector};
 use crate::error::{Error, FieldError, Result};
 use crate::http::IfMatch;
@@ -58,42 +57,7 @@ pub fn list(conn: &mut PgConnection, f: &ResourceFilter) -> Result<(Vec<Resource
     Ok((rows, total))
 }
 
-/// Finds a resource by its id or its name.
-pub fn find(conn: &mut PgConnection, key: &str) -> Result<ResourceRow> {
-    let found = match Key::parse("resource", key)? {
-        Key::Id(id) => resources::table
-            .find(id)
-            .select(ResourceRow::as_select())
-            .first(conn),
-        Key::Name(name) => resources::table
-            .filter(resources::name.eq(name))
-            .select(ResourceRow::as_select())
-            .first(conn),
-    };
-    found
-        .optional()?
-        .ok_or_else(|| Error::not_found("resource", key))
-}
-
-/// Finds and locks a resource until the transaction ends.
-fn find_for_update(conn: &mut PgConnection, key: &str) -> Result<ResourceRow> {
-    let id = match Key::parse("resource", key)? {
-        Key::Id(id) => id,
-        Key::Name(name) => resources::table
-            .filter(resources::name.eq(name))
-            .select(resources::id)
-            .first(conn)
-            .optional()?
-            .ok_or_else(|| Error::not_found("resource", key))?,
-    };
-    resources::table
-        .find(id)
-        .select(ResourceRow::as_select())
-        .for_update()
-        .first(conn)
-        .optional()?
-        .ok_or_else(|| Error::not_found("resource", key))
-}
+super::lookup_by_key!(resources, ResourceRow, "resource");
 
 pub fn create(
     conn: &mut PgConnection,

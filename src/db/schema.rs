@@ -35,6 +35,37 @@ diesel::table! {
 }
 
 diesel::table! {
+    plan_step_refs (plan_id, step_id) {
+        plan_id -> Uuid,
+        step_id -> Uuid,
+    }
+}
+
+diesel::table! {
+    plan_versions (plan_id, version) {
+        plan_id -> Uuid,
+        version -> Int4,
+        spec -> Jsonb,
+        resolved -> Jsonb,
+        created_at -> Timestamptz,
+        created_by -> Text,
+    }
+}
+
+diesel::table! {
+    plans (id) {
+        id -> Uuid,
+        name -> Text,
+        description -> Text,
+        latest_version -> Int4,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+        created_by -> Text,
+        updated_by -> Text,
+    }
+}
+
+diesel::table! {
     resource_credential_refs (resource_id, credential_id, attribute) {
         resource_id -> Uuid,
         credential_id -> Uuid,
@@ -66,13 +97,35 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    steps (id) {
+        id -> Uuid,
+        name -> Text,
+        kind -> Text,
+        description -> Text,
+        definition -> Jsonb,
+        version -> Int4,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+        created_by -> Text,
+        updated_by -> Text,
+    }
+}
+
+diesel::joinable!(plan_step_refs -> plans (plan_id));
+diesel::joinable!(plan_step_refs -> steps (step_id));
+diesel::joinable!(plan_versions -> plans (plan_id));
 diesel::joinable!(resource_credential_refs -> credentials (credential_id));
 diesel::joinable!(resource_credential_refs -> resources (resource_id));
 
 diesel::allow_tables_to_appear_in_same_query!(
     audit_log,
     credentials,
+    plan_step_refs,
+    plan_versions,
+    plans,
     resource_credential_refs,
     resources,
     service_settings,
+    steps,
 );

@@ -148,6 +148,19 @@ fn is_empty_object(v: &Value) -> bool {
 /// A plan as written (JSON or YAML): what `POST`/`PUT` take and a version keeps.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({
+    "name": "wordpress_failover",
+    "description": "Recover WordPress and Nginx in the cloud, promote the MySQL replica, switch the site",
+    "target_rto": "15m",
+    "parameters": {"site_domain": {"type": "hostname", "required": true}},
+    "steps": [
+        {"key": "recover", "step": "recover_web_hosts"},
+        {"key": "check_replica", "step": "replica_ping", "run_in": "both"},
+        {"key": "boot", "step": "boot_web_hosts", "depends_on": ["recover"]},
+        {"key": "reconfigure_nginx", "step": "nginx_upstream_switch", "depends_on": ["boot", "check_replica"], "on_failure": "pause"},
+        {"key": "site_up", "step": "site_answers", "depends_on": ["reconfigure_nginx"]}
+    ]
+}))]
 pub struct PlanSpec {
     #[schema(example = "wordpress_failover")]
     pub name: String,
@@ -1077,6 +1090,7 @@ pub struct ValidationReport {
     pub target_rto: Option<Duration>,
 }
 
+/// How a plan runs in one mode: start order, critical path, estimated duration.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct ModeEstimate {
     pub mode: Mode,
@@ -1088,59 +1102,82 @@ pub struct ModeEstimate {
     pub estimated_duration: Duration,
 }
 
-/// Everything wrong with a plan against the current catalog and inventory, plus estimates.
+/// Everything wrong with a plan against the current catalog and inventory, plus estimates;
+/// the resolved steps when it is valid.
 pub fn validate(
     engine: &TemplateEngine,
     spec: &PlanSpec,
     catalog: &dyn Fn(&str) -> Option<CatalogStep>,
     inventory: &Inventory,
 ) -> (Option<Vec<ResolvedStep>>, ValidationReport) {
-    let mut errors = check_spec(spec);
-    let resolved = match resolve(engine, spec, catalog) {
-        Ok(r) => Some(r),
-        Err(e) => {
-            errors.extend(e);
-            None
+    let spec_errors = check_spec(spec);
+    match resolve(engine, spec, catalog) {
+        Ok(resolved) => {
+            let mut report = validate_resolved(engine, spec, &resolved, inventory);
+            let mut errors = spec_errors;
+            errors.append(&mut report.errors);
+            report.valid = errors.is_empty();
+            report.errors = errors;
+            let valid = report.valid;
+            (valid.then_some(resolved), report)
         }
-    };
+        Err(mut errors) => {
+            let mut all = spec_errors;
+            all.append(&mut errors);
+            (
+                None,
+                ValidationReport {
+                    valid: false,
+                    errors: all,
+                    warnings: Vec::new(),
+                    modes: Vec::new(),
+                    target_rto: spec.target_rto,
+                },
+            )
+        }
+    }
+}
+
+/// Checks already resolved (pinned) steps: the graph, every reference against `inventory`,
+/// and each mode's order, critical path and estimate against the target RTO.
+pub fn validate_resolved(
+    engine: &TemplateEngine,
+    spec: &PlanSpec,
+    resolved: &[ResolvedStep],
+    inventory: &Inventory,
+) -> ValidationReport {
     let mut report = ValidationReport {
         valid: false,
-        errors: Vec::new(),
+        errors: check_graph(spec, resolved),
         warnings: Vec::new(),
         modes: Vec::new(),
         target_rto: spec.target_rto,
     };
-    if let Some(resolved) = &resolved {
-        let graph = check_graph(spec, resolved);
-        let graph_ok = graph.is_empty();
-        errors.extend(graph);
-        if graph_ok {
-            errors.extend(check_references(engine, spec, resolved, inventory));
-            for mode in Mode::ALL {
-                let order = execution_order(resolved, mode);
-                let (path, secs) = critical_path(resolved, mode);
-                if let Some(rto) = spec.target_rto {
-                    if secs > rto.as_secs() {
-                        report.warnings.push(format!(
-                            "in a {}, the critical path ({}) may take up to {}, more than the target RTO of {rto}",
-                            mode.as_str(),
-                            path.join(" -> "),
-                            Duration::from_secs(secs)
-                        ));
-                    }
+    if report.errors.is_empty() {
+        report.errors = check_references(engine, spec, resolved, inventory);
+        for mode in Mode::ALL {
+            let order = execution_order(resolved, mode);
+            let (path, secs) = critical_path(resolved, mode);
+            if let Some(rto) = spec.target_rto {
+                if secs > rto.as_secs() {
+                    report.warnings.push(format!(
+                        "in a {}, the critical path ({}) may take up to {}, more than the target RTO of {rto}",
+                        mode.as_str(),
+                        path.join(" -> "),
+                        Duration::from_secs(secs)
+                    ));
                 }
-                report.modes.push(ModeEstimate {
-                    mode,
-                    order: order.iter().map(|&i| resolved[i].key.clone()).collect(),
-                    critical_path: path,
-                    estimated_duration: Duration::from_secs(secs),
-                });
             }
+            report.modes.push(ModeEstimate {
+                mode,
+                order: order.iter().map(|&i| resolved[i].key.clone()).collect(),
+                critical_path: path,
+                estimated_duration: Duration::from_secs(secs),
+            });
         }
     }
-    report.valid = errors.is_empty();
-    report.errors = errors;
-    (resolved.filter(|_| report.valid), report)
+    report.valid = report.errors.is_empty();
+    report
 }
 
 /// One step as it would run.

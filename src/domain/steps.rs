@@ -201,6 +201,7 @@ pub struct LocalScriptParams {
     pub outputs: Vec<String>,
 }
 
+/// The HTTP method of a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum HttpMethod {
@@ -258,6 +259,7 @@ fn ok_statuses() -> Vec<u16> {
     vec![200, 201, 202, 204]
 }
 
+/// What a check probes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum CheckType {
@@ -325,6 +327,7 @@ fn five_minutes() -> Duration {
     Duration::from_secs(300)
 }
 
+/// What happens when nobody answers a manual approval in time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ApprovalTimeout {
@@ -368,6 +371,7 @@ pub struct WaitParams {
     pub duration: Duration,
 }
 
+/// How the delay between attempts grows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Backoff {

@@ -169,7 +169,7 @@ async fn duplicate_name_is_409() {
     assert!(again.body["detail"]
         .as_str()
         .unwrap()
-        .contains("name already exists"));
+        .contains("a resource named `db01` already exists"));
 
     app.post_json("/api/v1/resources", &host("db02")).await;
     let rename = send(

@@ -1,0 +1,4 @@
+DROP TABLE plan_step_refs;
+DROP TABLE plan_versions;
+DROP TABLE plans;
+DROP TABLE steps;
