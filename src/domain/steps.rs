@@ -384,7 +384,7 @@ pub enum Backoff {
 #[serde(deny_unknown_fields)]
 #[schema(example = json!({"max_attempts": 3, "delay": "10s", "backoff": "exponential"}))]
 pub struct RetryPolicy {
-    /// Attempts in all, 1-20 (1: no retry).
+    /// Attempts in all, 1-100 (1: no retry).
     #[serde(default = "one")]
     pub max_attempts: u32,
     #[serde(default = "ten_seconds")]
@@ -559,10 +559,10 @@ pub fn validate_step(
     }?;
     check_templates(engine, &mut v, kind, &normalized, prefix);
     let retry = options.retry.unwrap_or_default();
-    if !(1..=20).contains(&retry.max_attempts) {
+    if !(1..=100).contains(&retry.max_attempts) {
         v.add(
             format!("{}retry.max_attempts", parent(prefix)),
-            "must be between 1 and 20",
+            "must be between 1 and 100",
         );
     }
     let timeout = options

@@ -114,14 +114,19 @@ fn shell_formatter(
         .map_err(|_| Error::new(ErrorKind::WriteFailure, "cannot write the rendered script"))
 }
 
-/// `{{ value | bare }}`: the value unquoted, allowed only for plain tokens.
-fn bare(value: String) -> Result<Value, Error> {
-    let plain = !value.is_empty()
-        && value
+/// `{{ value | bare }}`: the value unquoted, allowed only for plain tokens (and for values
+/// still pending in a dry run, which show as `<steps...>`).
+fn bare(value: Value) -> Result<Value, Error> {
+    if value.downcast_object_ref::<Pending>().is_some() {
+        return Ok(Value::from_safe_string(value.to_string()));
+    }
+    let text = value.to_string();
+    let plain = !text.is_empty()
+        && text
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || "_./:@%+=,-".contains(c));
     if plain {
-        Ok(Value::from_safe_string(value))
+        Ok(Value::from_safe_string(text))
     } else {
         Err(Error::new(
             ErrorKind::InvalidOperation,

@@ -6,6 +6,8 @@ mod auth;
 mod cli;
 mod credentials;
 mod errors;
+mod examples;
 mod health;
 mod openapi;
+mod plans;
 mod resources;
