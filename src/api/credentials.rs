@@ -175,9 +175,7 @@ pub async fn list(
     let limit = pagination::limit(q.limit)?;
     let filter = CredentialFilter {
         kind: q.kind.map(|k| k.as_str().to_owned()),
-        after_name: pagination::decode_cursor(q.cursor.as_deref())?,
-        descending: q.sort == Some(SortByName::Descending),
-        limit,
+        page: pagination::name_page(q.sort, q.cursor.as_deref(), limit)?,
     };
     let (rows, total) = db.run(move |conn| store::list(conn, &filter)).await?;
     let next_cursor =

@@ -46,6 +46,19 @@ pub fn decode_cursor(cursor: Option<&str>) -> Result<Option<String>> {
         .ok_or_else(|| Error::field("cursor", "is not a cursor this service returned"))
 }
 
+/// The keyset page a list query asks for.
+pub fn name_page(
+    sort: Option<SortByName>,
+    cursor: Option<&str>,
+    limit: i64,
+) -> Result<crate::db::NamePage> {
+    Ok(crate::db::NamePage {
+        after_name: decode_cursor(cursor)?,
+        descending: sort == Some(SortByName::Descending),
+        limit,
+    })
+}
+
 /// The cursor for the next page, when this page was full.
 pub fn next_cursor(page_len: usize, limit: i64, last_key: Option<&str>) -> Option<String> {
     (page_len as i64 == limit)

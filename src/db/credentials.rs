@@ -19,9 +19,7 @@ use crate::http::IfMatch;
 #[derive(Debug, Default)]
 pub struct CredentialFilter {
     pub kind: Option<String>,
-    pub after_name: Option<String>,
-    pub descending: bool,
-    pub limit: i64,
+    pub page: super::NamePage,
 }
 
 pub fn list(conn: &mut PgConnection, f: &CredentialFilter) -> Result<(Vec<CredentialRow>, i64)> {
@@ -32,23 +30,7 @@ pub fn list(conn: &mut PgConnection, f: &CredentialFilter) -> Result<(Vec<Creden
         }
         q
     };
-    let total = build().count().get_result(conn)?;
-    let mut page = build();
-    page = match (&f.after_name, f.descending) {
-        (Some(after), false) => page.filter(credentials::name.gt(after.clone())),
-        (Some(after), true) => page.filter(credentials::name.lt(after.clone())),
-        (None, _) => page,
-    };
-    page = if f.descending {
-        page.order(credentials::name.desc())
-    } else {
-        page.order(credentials::name.asc())
-    };
-    let rows = page
-        .limit(f.limit)
-        .select(CredentialRow::as_select())
-        .load(conn)?;
-    Ok((rows, total))
+    super::page_by_name!(conn, build, credentials, CredentialRow, &f.page)
 }
 
 super::lookup_by_key!(credentials, CredentialRow, "credential");

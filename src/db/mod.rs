@@ -76,6 +76,41 @@ impl Key {
     }
 }
 
+/// Keyset pagination by name, shared by every list sorted by name.
+#[derive(Debug, Default, Clone)]
+pub struct NamePage {
+    /// The last name of the previous page.
+    pub after_name: Option<String>,
+    pub descending: bool,
+    pub limit: i64,
+}
+
+/// Runs `build()` (a boxed, filtered query on `$table`) once to count and once for one page of
+/// `$row`s ordered by name after the cursor; evaluates to `Result<(Vec<$row>, i64)>`.
+macro_rules! page_by_name {
+    ($conn:expr, $build:expr, $table:ident, $row:ty, $page:expr) => {{
+        let page: &$crate::db::NamePage = $page;
+        let total: i64 = $build().count().get_result($conn)?;
+        let mut query = $build();
+        query = match (&page.after_name, page.descending) {
+            (Some(after), false) => query.filter($table::name.gt(after.clone())),
+            (Some(after), true) => query.filter($table::name.lt(after.clone())),
+            (None, _) => query,
+        };
+        query = if page.descending {
+            query.order($table::name.desc())
+        } else {
+            query.order($table::name.asc())
+        };
+        let rows = query
+            .limit(page.limit)
+            .select(<$row>::as_select())
+            .load($conn)?;
+        Ok((rows, total))
+    }};
+}
+pub(crate) use page_by_name;
+
 /// Generates `find` (by id or name) and `find_for_update` (the same, locking the row until the
 /// transaction ends) for a table with `id` and a unique `name`.
 macro_rules! lookup_by_key {

@@ -19,29 +19,12 @@ use crate::http::IfMatch;
 
 #[derive(Debug, Default)]
 pub struct PlanFilter {
-    pub after_name: Option<String>,
-    pub descending: bool,
-    pub limit: i64,
+    pub page: super::NamePage,
 }
 
 pub fn list(conn: &mut PgConnection, f: &PlanFilter) -> Result<(Vec<PlanRow>, i64)> {
-    let total = plans::table.count().get_result(conn)?;
-    let mut page = plans::table.into_boxed();
-    page = match (&f.after_name, f.descending) {
-        (Some(after), false) => page.filter(plans::name.gt(after.clone())),
-        (Some(after), true) => page.filter(plans::name.lt(after.clone())),
-        (None, _) => page,
-    };
-    page = if f.descending {
-        page.order(plans::name.desc())
-    } else {
-        page.order(plans::name.asc())
-    };
-    let rows = page
-        .limit(f.limit)
-        .select(PlanRow::as_select())
-        .load(conn)?;
-    Ok((rows, total))
+    let build = || plans::table.into_boxed();
+    super::page_by_name!(conn, build, plans, PlanRow, &f.page)
 }
 
 super::lookup_by_key!(plans, PlanRow, "plan");

@@ -18,10 +18,7 @@ use crate::http::IfMatch;
 pub struct ResourceFilter {
     pub kind: Option<String>,
     pub labels: LabelSelector,
-    /// Keyset cursor: the last name of the previous page.
-    pub after_name: Option<String>,
-    pub descending: bool,
-    pub limit: i64,
+    pub page: super::NamePage,
 }
 
 pub fn list(conn: &mut PgConnection, f: &ResourceFilter) -> Result<(Vec<ResourceRow>, i64)> {
@@ -38,23 +35,7 @@ pub fn list(conn: &mut PgConnection, f: &ResourceFilter) -> Result<(Vec<Resource
         }
         q
     };
-    let total = build().count().get_result(conn)?;
-    let mut page = build();
-    page = match (&f.after_name, f.descending) {
-        (Some(after), false) => page.filter(resources::name.gt(after.clone())),
-        (Some(after), true) => page.filter(resources::name.lt(after.clone())),
-        (None, _) => page,
-    };
-    page = if f.descending {
-        page.order(resources::name.desc())
-    } else {
-        page.order(resources::name.asc())
-    };
-    let rows = page
-        .limit(f.limit)
-        .select(ResourceRow::as_select())
-        .load(conn)?;
-    Ok((rows, total))
+    super::page_by_name!(conn, build, resources, ResourceRow, &f.page)
 }
 
 super::lookup_by_key!(resources, ResourceRow, "resource");

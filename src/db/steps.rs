@@ -16,9 +16,7 @@ use crate::http::IfMatch;
 #[derive(Debug, Default)]
 pub struct StepFilter {
     pub kind: Option<String>,
-    pub after_name: Option<String>,
-    pub descending: bool,
-    pub limit: i64,
+    pub page: super::NamePage,
 }
 
 /// What a step write sets.
@@ -36,23 +34,7 @@ pub fn list(conn: &mut PgConnection, f: &StepFilter) -> Result<(Vec<StepRow>, i6
         }
         q
     };
-    let total = build().count().get_result(conn)?;
-    let mut page = build();
-    page = match (&f.after_name, f.descending) {
-        (Some(after), false) => page.filter(steps::name.gt(after.clone())),
-        (Some(after), true) => page.filter(steps::name.lt(after.clone())),
-        (None, _) => page,
-    };
-    page = if f.descending {
-        page.order(steps::name.desc())
-    } else {
-        page.order(steps::name.asc())
-    };
-    let rows = page
-        .limit(f.limit)
-        .select(StepRow::as_select())
-        .load(conn)?;
-    Ok((rows, total))
+    super::page_by_name!(conn, build, steps, StepRow, &f.page)
 }
 
 super::lookup_by_key!(steps, StepRow, "step");
