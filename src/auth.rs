@@ -111,14 +111,28 @@ impl JwtKeys {
                 };
                 Error::Unauthorized(why.to_owned())
             })?;
-        if data.claims.sub.trim().is_empty() {
-            return Err(Error::Unauthorized("the token has no subject".into()));
+        if let Err(why) = check_subject(&data.claims.sub) {
+            return Err(Error::Unauthorized(format!("the token's subject {why}")));
         }
         Ok(AuthUser {
             subject: data.claims.sub,
             role: data.claims.role,
         })
     }
+}
+
+/// A subject names a person or a system in the audit trail: short, printable.
+pub fn check_subject(subject: &str) -> Result<(), &'static str> {
+    if subject.trim().is_empty() {
+        return Err("is empty");
+    }
+    if subject.chars().count() > 256 {
+        return Err("is longer than 256 characters");
+    }
+    if subject.chars().any(char::is_control) {
+        return Err("contains control characters");
+    }
+    Ok(())
 }
 
 /// The authenticated caller.

@@ -11,7 +11,7 @@ pub enum LogFormat {
     Json,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Config {
     /// `DATABASE_URL`: an external PostgreSQL. When unset, the embedded cluster under
     /// `data_dir/postgres` is used.
@@ -36,6 +36,25 @@ pub struct Config {
     pub log_filter: String,
     /// `DRO_LOG_FORMAT`: `text` or `json`.
     pub log_format: LogFormat,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let hidden = |set: bool| if set { "<set>" } else { "<unset>" };
+        f.debug_struct("Config")
+            .field("database_url", &hidden(self.database_url.is_some()))
+            .field("bind", &self.bind)
+            .field("jwt_secret", &hidden(self.jwt_secret.is_some()))
+            .field("master_key", &hidden(self.master_key.is_some()))
+            .field("data_dir", &self.data_dir)
+            .field("pg_bindir", &self.pg_bindir)
+            .field("db_pool_size", &self.db_pool_size)
+            .field("db_pool_timeout_secs", &self.db_pool_timeout_secs)
+            .field("http_workers", &self.http_workers)
+            .field("log_filter", &self.log_filter)
+            .field("log_format", &self.log_format)
+            .finish()
+    }
 }
 
 /// A setting whose value could not be used; the message names the variable.
@@ -153,6 +172,20 @@ mod tests {
         assert_eq!(err.var, "DRO_DB_POOL_SIZE");
         let err = config(&[("DRO_LOG_FORMAT", "xml")]).unwrap_err();
         assert!(err.to_string().contains("xml"));
+    }
+
+    #[test]
+    fn debug_output_never_shows_secrets() {
+        let c = config(&[
+            ("DATABASE_URL", "postgres://u:pw-123@h/db"),
+            ("DRO_JWT_SECRET", "jwt-456"),
+            ("DRO_MASTER_KEY", "key-789"),
+        ])
+        .unwrap();
+        let shown = format!("{c:?}");
+        for secret in ["pw-123", "jwt-456", "key-789"] {
+            assert!(!shown.contains(secret), "{shown}");
+        }
     }
 
     #[test]

@@ -15,6 +15,7 @@ use actix_web::middleware::{ErrorHandlerResponse, Next};
 use actix_web::{web, FromRequest, HttpMessage, HttpRequest};
 use futures_util::StreamExt;
 use serde::de::DeserializeOwned;
+use tracing::Instrument;
 
 use crate::error::{problem_response, Error, FieldError, PROBLEM_JSON};
 use crate::metrics::Metrics;
@@ -73,7 +74,9 @@ pub async fn observe(
     let metrics = req.app_data::<web::Data<Metrics>>().cloned();
     let method = req.method().clone();
 
-    let mut res = REQUEST.scope(ctx, next.call(req)).await?;
+    // Every log line written while handling the request carries its id.
+    let span = tracing::info_span!("request", request_id = %request_id);
+    let mut res = REQUEST.scope(ctx, next.call(req)).instrument(span).await?;
 
     let route = res
         .request()
@@ -82,7 +85,7 @@ pub async fn observe(
     let status = res.status().as_u16();
     let elapsed = started.elapsed();
     if let Some(metrics) = metrics {
-        metrics.observe_request(method.as_str(), &route, status, elapsed);
+        metrics.observe_request(method_label(&method), &route, status, elapsed);
     }
     if let Ok(value) = HeaderValue::from_str(&request_id) {
         res.headers_mut()
@@ -97,6 +100,22 @@ pub async fn observe(
         "request"
     );
     Ok(res)
+}
+
+/// The method as a metrics label: the standard ones by name, anything else as `other`, so a
+/// caller cannot grow the label set without bound.
+fn method_label(method: &actix_web::http::Method) -> &'static str {
+    use actix_web::http::Method as M;
+    match *method {
+        M::GET => "GET",
+        M::HEAD => "HEAD",
+        M::POST => "POST",
+        M::PUT => "PUT",
+        M::PATCH => "PATCH",
+        M::DELETE => "DELETE",
+        M::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
 }
 
 /// Safety net for error responses that did not come from our `Error` (no route, wrong method,
@@ -168,6 +187,7 @@ impl<T: DeserializeOwned + 'static> FromRequest for JsonBody<T> {
 
     fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
         let content_type_ok = is_json_content_type(req);
+        let length_ok = check_declared_length(req);
         let payload = payload.take();
         Box::pin(async move {
             if !content_type_ok {
@@ -175,6 +195,7 @@ impl<T: DeserializeOwned + 'static> FromRequest for JsonBody<T> {
                     "send the body as `application/json`".to_owned(),
                 ));
             }
+            length_ok?;
             parse_json(&read_body(payload).await?).map(JsonBody)
         })
     }
@@ -189,8 +210,10 @@ impl<T: DeserializeOwned + 'static> FromRequest for OptionalJson<T> {
 
     fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
         let content_type_ok = is_json_content_type(req);
+        let length_ok = check_declared_length(req);
         let payload = payload.take();
         Box::pin(async move {
+            length_ok?;
             let body = read_body(payload).await?;
             if body.iter().all(u8::is_ascii_whitespace) {
                 return Ok(OptionalJson(None));
@@ -219,6 +242,21 @@ pub async fn read_body(mut payload: Payload) -> Result<web::BytesMut, Error> {
         body.extend_from_slice(&chunk);
     }
     Ok(body)
+}
+
+/// A declared `Content-Length` over the limit is refused before reading a byte.
+pub fn check_declared_length(req: &HttpRequest) -> Result<(), Error> {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    match declared {
+        Some(n) if n > MAX_JSON_BODY as u64 => Err(Error::PayloadTooLarge(format!(
+            "the body is larger than {MAX_JSON_BODY} bytes"
+        ))),
+        _ => Ok(()),
+    }
 }
 
 pub fn is_json_content_type(req: &HttpRequest) -> bool {

@@ -113,10 +113,11 @@ pub fn open_database(config: &Config) -> Result<Database, String> {
         &url,
         config.db_pool_size,
         Duration::from_secs(config.db_pool_timeout_secs),
-    )?;
+    )
+    .map_err(|e| redact_password(&e, &url))?;
     let mut conn = pool
         .get()
-        .map_err(|e| format!("cannot connect to the database: {e}"))?;
+        .map_err(|e| redact_password(&format!("cannot connect to the database: {e}"), &url))?;
     let applied = db::migrate(&mut conn)?;
     if !applied.is_empty() {
         tracing::info!(versions = ?applied, "applied migrations");
@@ -125,6 +126,18 @@ pub fn open_database(config: &Config) -> Result<Database, String> {
         db: Db::new(pool),
         embedded,
     })
+}
+
+/// Removes the database password from a message (libpq may quote parts of the URL).
+fn redact_password(message: &str, url: &str) -> String {
+    let password = url::Url::parse(url)
+        .ok()
+        .and_then(|u| u.password().map(str::to_owned))
+        .filter(|p| !p.is_empty());
+    match password {
+        Some(p) => message.replace(&p, "***"),
+        None => message.to_owned(),
+    }
 }
 
 /// `dr-orchestrator migrate`.
@@ -137,8 +150,9 @@ pub fn migrate(config: &Config) -> Result<(), String> {
 /// `dr-orchestrator serve`: runs until SIGINT/SIGTERM, then drains requests and stops the
 /// embedded cluster if it started one.
 pub fn serve(config: &Config) -> Result<(), String> {
-    let database = open_database(config)?;
+    // Secrets first: a misconfigured instance must not touch (migrate) the database.
     let secrets = Secrets::resolve(config)?;
+    let database = open_database(config)?;
     {
         let mut conn = database
             .db
@@ -166,16 +180,36 @@ pub fn serve(config: &Config) -> Result<(), String> {
         println!("dr-orchestrator is listening on http://{}", config.bind);
         println!("  Swagger UI: http://{}/docs/", config.bind);
         if print_token {
-            let token = state
-                .jwt
-                .issue("admin", Role::Admin, chrono::Duration::hours(12));
-            println!("  Admin token for Swagger UI's Authorize button (valid 12h; `dr-orchestrator token` makes more):");
-            println!("  {token}");
+            announce_admin_token(&state, config);
         }
-        server.await.map_err(|e| format!("the HTTP server failed: {e}"))
+        server
+            .await
+            .map_err(|e| format!("the HTTP server failed: {e}"))
     });
     drop(database);
     result
+}
+
+/// The embedded mode's ready-to-paste admin token: on a terminal it is printed; otherwise (a
+/// journal, `docker logs`) it goes to a 0600 file, so no log ever holds it.
+fn announce_admin_token(state: &AppState, config: &Config) {
+    use std::io::IsTerminal;
+    let token = state
+        .jwt
+        .issue("admin", Role::Admin, chrono::Duration::hours(12));
+    if std::io::stdout().is_terminal() {
+        println!("  Admin token for Swagger UI's Authorize button (valid 12h; `dr-orchestrator token` makes more):");
+        println!("  {token}");
+        return;
+    }
+    let path = config.data_dir.join(secrets::ADMIN_TOKEN_FILE);
+    match secrets::write_private(&path, &token) {
+        Ok(()) => println!(
+            "  Admin token (valid 12h) written to {}; `dr-orchestrator token` makes more",
+            path.display()
+        ),
+        Err(e) => tracing::warn!(error = %e, "cannot write the admin token file"),
+    }
 }
 
 /// `dr-orchestrator token`: a JWT signed with the same secret `serve` uses.
@@ -185,9 +219,7 @@ pub fn issue_token(
     subject: &str,
     ttl: chrono::Duration,
 ) -> Result<String, String> {
-    if subject.trim().is_empty() {
-        return Err("--subject must not be empty".into());
-    }
+    auth::check_subject(subject).map_err(|why| format!("--subject {why}"))?;
     let secrets = Secrets::resolve(config)?;
     Ok(JwtKeys::new(&secrets.jwt_secret).issue(subject, role, ttl))
 }

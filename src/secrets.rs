@@ -3,7 +3,7 @@
 
 use std::fs;
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
 use rand::RngCore;
@@ -14,6 +14,7 @@ use crate::crypto::MasterKey;
 
 pub const JWT_SECRET_FILE: &str = "jwt_secret";
 pub const MASTER_KEY_FILE: &str = "master_key";
+pub const ADMIN_TOKEN_FILE: &str = "admin_token";
 
 /// The service's two secrets, ready to use.
 pub struct Secrets {
@@ -89,22 +90,40 @@ fn load_or_create(
     }
     fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     let value = Zeroizing::new(generate());
+    // Written whole to a private temporary file, then linked into place: a crash never leaves
+    // a half-written key, and when two processes race the first one's key wins.
+    let tmp = dir.join(format!(".{name}.{}", std::process::id()));
+    write_private(&tmp, &value)?;
+    let linked = fs::hard_link(&tmp, &path);
+    let _ = fs::remove_file(&tmp);
+    match linked {
+        Ok(()) => Ok(value),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => fs::read_to_string(&path)
+            .map(|s| Zeroizing::new(s.trim().to_owned()))
+            .map_err(|e| format!("cannot read {}: {e}", path.display())),
+        Err(e) => Err(format!("cannot create {}: {e}", path.display())),
+    }
+}
+
+/// Writes `content` to a new or truncated file only its owner can read (mode 0600).
+pub fn write_private(path: &Path, content: &str) -> Result<(), String> {
     let mut file = fs::OpenOptions::new()
         .write(true)
-        .create_new(true)
+        .create(true)
+        .truncate(true)
         .mode(0o600)
-        .open(&path)
+        .open(path)
         .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
-    file.write_all(value.as_bytes())
+    file.set_permissions(fs::Permissions::from_mode(0o600))
+        .map_err(|e| format!("cannot set the mode of {}: {e}", path.display()))?;
+    file.write_all(content.as_bytes())
         .and_then(|()| file.sync_all())
-        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-    Ok(value)
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::PermissionsExt;
 
     fn embedded_config(dir: &Path) -> Config {
         let mut c = Config::from_lookup(|_| None).unwrap();

@@ -61,11 +61,65 @@ PUT, PATCH and DELETE to avoid overwriting someone else's change (412 when it ch
         (name = "plans", description = "Recovery plans: versioned DAGs of steps, validated and rendered"),
         (name = "audit", description = "Every mutation: who, what, when"),
     ),
-    modifiers(&BearerAuth),
+    modifiers(&BearerAuth, &CommonResponses),
 )]
 pub struct ApiDoc;
 
 struct BearerAuth;
+
+/// Answers every API operation can give whatever it does: 503 when no database connection is
+/// free, 413 for an oversized body, 400 for a malformed `If-Match`.
+struct CommonResponses;
+
+impl Modify for CommonResponses {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+        let problem = |description: &str| {
+            ResponseBuilder::new()
+                .description(description)
+                .content(
+                    crate::error::PROBLEM_JSON,
+                    ContentBuilder::new()
+                        .schema(Some(Ref::from_schema_name("Problem")))
+                        .build(),
+                )
+                .build()
+        };
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            if !path.starts_with("/api/") {
+                continue;
+            }
+            let operations = [
+                &mut item.get,
+                &mut item.post,
+                &mut item.put,
+                &mut item.patch,
+                &mut item.delete,
+            ];
+            for op in operations.into_iter().flatten() {
+                let responses = &mut op.responses.responses;
+                responses.entry("503".into()).or_insert_with(|| {
+                    problem("No database connection is free; try again shortly").into()
+                });
+                if op.request_body.is_some() {
+                    responses
+                        .entry("413".into())
+                        .or_insert_with(|| problem("The body is larger than 1 MiB").into());
+                }
+                let takes_if_match = op
+                    .parameters
+                    .iter()
+                    .flatten()
+                    .any(|p| p.name.eq_ignore_ascii_case("If-Match"));
+                if takes_if_match {
+                    responses
+                        .entry("400".into())
+                        .or_insert_with(|| problem("Malformed body or If-Match header").into());
+                }
+            }
+        }
+    }
+}
 
 impl Modify for BearerAuth {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {

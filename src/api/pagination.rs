@@ -53,7 +53,14 @@ pub fn name_page(
     limit: i64,
 ) -> Result<crate::db::NamePage> {
     Ok(crate::db::NamePage {
-        after_name: decode_cursor(cursor)?,
+        after_name: decode_cursor(cursor)?
+            .map(|name| {
+                // Names are slugs; anything else did not come from this service.
+                crate::domain::validation::is_name(&name)
+                    .then_some(name)
+                    .ok_or_else(|| Error::field("cursor", "is not a cursor this service returned"))
+            })
+            .transpose()?,
         descending: sort == Some(SortByName::Descending),
         limit,
     })
@@ -77,6 +84,10 @@ mod tests {
         assert_eq!(decode_cursor(Some(&c)).unwrap().as_deref(), Some("web01"));
         assert!(decode_cursor(Some("%%%")).is_err());
         assert_eq!(decode_cursor(None).unwrap(), None);
+        assert!(
+            name_page(None, Some("AA"), 5).is_err(),
+            "a NUL name is refused"
+        );
     }
 
     #[test]

@@ -30,7 +30,8 @@ use crate::domain::plans::{
 use crate::domain::templates::TemplateEngine;
 use crate::error::{Error, Problem, Result};
 use crate::http::{
-    etag, from_value, is_json_content_type, read_body, IfMatch, JsonBody, OptionalJson, Query,
+    check_declared_length, etag, from_value, is_json_content_type, read_body, IfMatch, JsonBody,
+    OptionalJson, Query,
 };
 
 pub const YAML: &str = "application/yaml";
@@ -56,6 +57,7 @@ impl FromRequest for PlanBody {
             .ok()
             .flatten()
             .is_some_and(|m| is_yaml(m.essence_str()));
+        let length_ok = check_declared_length(req);
         let payload = payload.take();
         Box::pin(async move {
             if !json && !yaml {
@@ -63,6 +65,7 @@ impl FromRequest for PlanBody {
                     "send the plan as `application/json` or `application/yaml`".into(),
                 ));
             }
+            length_ok?;
             let body = read_body(payload).await?;
             if body.iter().all(u8::is_ascii_whitespace) {
                 return Err(Error::BadRequest("the request body is empty".into()));

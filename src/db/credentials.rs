@@ -105,7 +105,7 @@ pub fn update(
     let row: CredentialRow = diesel::update(credentials::table.find(current.id))
         .set((
             &write,
-            credentials::version.eq(current.version + 1),
+            credentials::version.eq(credentials::version + 1),
             credentials::updated_at.eq(diesel::dsl::now),
             credentials::updated_by.eq(&actor.subject),
         ))

@@ -83,11 +83,12 @@ impl EmbeddedPostgres {
             ));
         }
         let owner = ClusterOwner::for_current_process()?;
-        if owner.user.is_some() {
+        if let Some(user) = &owner.user {
             // The unprivileged cluster user must be able to walk into the data dir; the
             // secrets beside it stay 0600.
             fs::set_permissions(&root, fs::Permissions::from_mode(0o711))
                 .map_err(|e| format!("cannot set the mode of {}: {e}", root.display()))?;
+            check_traversable(&root, user)?;
         }
         if !cluster_dir.join("PG_VERSION").exists() {
             init_cluster(&bindir, &cluster_dir, &owner, &root)?;
@@ -140,11 +141,22 @@ impl EmbeddedPostgres {
         Ok(())
     }
 
-    /// The pid in `postmaster.pid` when that process is alive.
+    /// The pid in `postmaster.pid` when it is a live PostgreSQL serving this very directory.
+    /// After a reboot the file is stale and its pid may belong to anything else: that is not
+    /// adopted (PostgreSQL's own start then clears the stale file).
     fn running_pid(&self) -> Option<Pid> {
         let text = fs::read_to_string(self.cluster_dir.join("postmaster.pid")).ok()?;
         let pid = Pid::from_raw(text.lines().next()?.trim().parse().ok()?);
-        kill(pid, None).ok().map(|()| pid)
+        if !is_alive(pid) {
+            return None;
+        }
+        let cmdline = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        let is_postgres = args
+            .first()
+            .is_some_and(|exe| exe.ends_with(b"postgres") || exe.ends_with(b"postmaster"));
+        let dir = self.cluster_dir.as_os_str().as_encoded_bytes();
+        (is_postgres && args.contains(&dir)).then_some(pid)
     }
 
     fn spawn(&mut self, bindir: &Path, owner: &ClusterOwner, root: &Path) -> Result<(), String> {
@@ -210,7 +222,9 @@ impl EmbeddedPostgres {
         while Instant::now() < deadline {
             let exited = match self.child.as_mut() {
                 Some(child) => matches!(child.try_wait(), Ok(Some(_))),
-                None => kill(pid, None).is_err(),
+                // An adopted server is not our child: it is gone once its pid is dead (or a
+                // zombie nobody reaps) or it removed its pid file.
+                None => !is_alive(pid) || !self.cluster_dir.join("postmaster.pid").exists(),
             };
             if exited {
                 tracing::info!("embedded PostgreSQL stopped");
@@ -222,6 +236,21 @@ impl EmbeddedPostgres {
             pid = pid.as_raw(),
             "embedded PostgreSQL did not stop in time"
         );
+    }
+}
+
+/// True when `pid` runs and is not a zombie.
+fn is_alive(pid: Pid) -> bool {
+    if kill(pid, None).is_err() {
+        return false;
+    }
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state is the field after the parenthesised command name.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_none_or(|state| state != "Z"),
+        Err(_) => true,
     }
 }
 
@@ -278,6 +307,35 @@ impl ClusterOwner {
             None => Ok(()),
         }
     }
+}
+
+/// Every directory above the data dir must let the cluster's user pass (as `/root`, mode 0700,
+/// does not): say so plainly instead of letting initdb fail with a bare EACCES.
+fn check_traversable(root: &Path, user: &User) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    for dir in root.ancestors().skip(1) {
+        let Ok(meta) = fs::metadata(dir) else {
+            continue;
+        };
+        let mode = meta.mode();
+        let passes = if meta.uid() == user.uid.as_raw() {
+            mode & 0o100 != 0
+        } else if meta.gid() == user.gid.as_raw() {
+            mode & 0o010 != 0
+        } else {
+            mode & 0o001 != 0
+        };
+        if !passes {
+            return Err(format!(
+                "the embedded PostgreSQL runs as the unprivileged user `{}`, which cannot enter {} \
+                 (mode {:o}); set DRO_DATA_DIR to a directory it can reach, e.g. /var/lib/dr-orchestrator",
+                user.name,
+                dir.display(),
+                mode & 0o7777
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn init_cluster(

@@ -49,11 +49,29 @@ pub fn migrate(conn: &mut PgConnection) -> Result<Vec<String>, String> {
     result
 }
 
-/// True when the database has every migration this binary knows.
+/// True when the database has every migration this binary knows. Reads only (no DDL), so a
+/// least-privilege user can probe it.
 pub fn migrations_applied(conn: &mut PgConnection) -> Result<bool, String> {
-    conn.has_pending_migration(MIGRATIONS)
-        .map(|pending| !pending)
-        .map_err(|e| e.to_string())
+    use diesel::migration::MigrationSource;
+    use diesel::sql_types::Text;
+
+    #[derive(QueryableByName)]
+    struct Applied {
+        #[diesel(sql_type = Text)]
+        version: String,
+    }
+    let applied: std::collections::HashSet<String> =
+        diesel::sql_query("SELECT version FROM __diesel_schema_migrations")
+            .load::<Applied>(conn)
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .map(|a| a.version)
+            .collect();
+    let known =
+        MigrationSource::<diesel::pg::Pg>::migrations(&MIGRATIONS).map_err(|e| e.to_string())?;
+    Ok(known
+        .iter()
+        .all(|m| applied.contains(&m.name().version().to_string())))
 }
 
 /// How a request path names an object: by id or by its name. Anything else cannot exist,
@@ -177,7 +195,9 @@ impl Db {
         T: Send + 'static,
     {
         let pool = self.pool.clone();
+        let span = tracing::Span::current();
         let joined = tokio::task::spawn_blocking(move || {
+            let _request = span.enter();
             let mut conn = pool.get()?;
             f(&mut conn)
         })

@@ -149,7 +149,10 @@ pub fn add_version(
     resolved: &[ResolvedStep],
     actor: &Actor,
 ) -> Result<(PlanRow, PlanVersionRow)> {
-    let next = current.latest_version + 1;
+    let next = current
+        .latest_version
+        .checked_add(1)
+        .ok_or_else(|| Error::conflict("this plan has reached the highest version number"))?;
     let row: PlanRow = diesel::update(plans::table.find(current.id))
         .set((
             plans::name.eq(&spec.name),

@@ -89,7 +89,7 @@ pub fn update(
     let row: ResourceRow = diesel::update(resources::table.find(current.id))
         .set((
             &write,
-            resources::version.eq(current.version + 1),
+            resources::version.eq(resources::version + 1),
             resources::updated_at.eq(diesel::dsl::now),
             resources::updated_by.eq(&actor.subject),
         ))

@@ -87,7 +87,7 @@ pub fn update(
             steps::kind.eq(write.definition.kind.as_str()),
             steps::description.eq(&write.description),
             steps::definition.eq(definition_json(&write.definition)),
-            steps::version.eq(current.version + 1),
+            steps::version.eq(steps::version + 1),
             steps::updated_at.eq(diesel::dsl::now),
             steps::updated_by.eq(&actor.subject),
         ))

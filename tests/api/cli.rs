@@ -152,10 +152,17 @@ async fn serve_with_nothing_configured_runs_its_own_postgres_and_token_works_bes
 
     let banner = interrupt(&mut child).await;
     assert!(banner.contains("/docs/"), "{banner}");
-    assert!(
-        banner.lines().any(|l| l.trim().starts_with("eyJ")),
-        "an admin token is printed: {banner}"
-    );
+    // Not a terminal: the admin token goes to a private file, never to stdout (a log).
+    assert!(!banner.contains("eyJ"), "{banner}");
+    assert!(banner.contains("admin_token"), "{banner}");
+    let token_file = dir.join("data/admin_token");
+    let admin = std::fs::read_to_string(&token_file).unwrap();
+    assert!(admin.starts_with("eyJ"));
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&token_file).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
     assert!(
         !dir.join("data/postgres/postmaster.pid").exists(),
         "the embedded PostgreSQL was stopped"
@@ -186,7 +193,7 @@ async fn after_serve_is_killed_the_next_serve_adopts_its_postgres_and_stops_it()
 }
 
 #[test]
-fn with_an_external_database_and_no_secrets_serve_says_what_to_set() {
+fn with_an_external_database_and_no_secrets_serve_says_what_to_set_before_touching_it() {
     let dir = std::env::temp_dir();
     let out = bare_command(&dir)
         .arg("serve")
@@ -195,10 +202,31 @@ fn with_an_external_database_and_no_secrets_serve_says_what_to_set() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("DRO_JWT_SECRET is not set"), "{stderr}");
+    assert!(
+        !stderr.contains("cannot connect"),
+        "secrets are checked first: {stderr}"
+    );
+}
+
+#[test]
+fn an_unreachable_database_is_named_without_its_password() {
+    let out = bare_command(&std::env::temp_dir())
+        .arg("migrate")
+        .env(
+            "DATABASE_URL",
+            "postgres://dro:hunter2-pw@127.0.0.1:1/nowhere",
+        )
+        .env("DRO_DB_POOL_TIMEOUT_SECS", "1")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains("cannot connect to the database"),
         "{stderr}"
     );
+    assert!(!stderr.contains("hunter2-pw"), "{stderr}");
 }
 
 #[test]
@@ -225,4 +253,13 @@ fn token_refuses_a_bad_role_or_ttl() {
         .output()
         .unwrap();
     assert!(!out.status.success());
+    let long = "x".repeat(300);
+    let out = bare_command(&dir)
+        .args(["token", "--subject", &long])
+        .env("DATABASE_URL", "postgres://unused")
+        .env("DRO_JWT_SECRET", "0123456789abcdef0123456789abcdef")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("256"));
 }

@@ -85,6 +85,11 @@ async fn hostile_paths_and_headers_never_give_a_500() {
         "/api/v1/resources/%F0%9F%92%A5",
         "/api/v1/credentials/..%2F..%2Fetc",
         "/api/v1/resources?cursor=%%%",
+        "/api/v1/resources?cursor=AA",
+        "/api/v1/credentials?cursor=AA",
+        "/api/v1/steps?cursor=AA",
+        "/api/v1/plans?cursor=AA",
+        "/api/v1/audit?cursor=AA",
         "/api/v1/audit?target_id=not-a-uuid",
     ] {
         let r = app.get(path).await;
