@@ -147,78 +147,75 @@ pub fn openapi_json() -> String {
         .expect("the OpenAPI document serializes to JSON")
 }
 
+/// A resource with its routes; any other method gets a 405 problem with an `Allow` header
+/// naming the methods the routes take (so the two never drift apart).
+macro_rules! resource {
+    ($path:expr, $($method:ident => $handler:expr),+ $(,)?) => {
+        web::resource($path)
+            $(.route(web::$method().to($handler)))+
+            .default_service(web::to(|req: actix_web::HttpRequest| async move {
+                method_not_allowed(&req, &[$(stringify!($method)),+])
+            }))
+    };
+}
+
+fn method_not_allowed(req: &actix_web::HttpRequest, methods: &[&str]) -> HttpResponse {
+    let allow = methods
+        .iter()
+        .map(|m| m.to_ascii_uppercase())
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut response = crate::error::problem_response(
+        actix_web::http::StatusCode::METHOD_NOT_ALLOWED,
+        "method-not-allowed",
+        "Method not allowed",
+        format!(
+            "{} is not allowed on {}; allowed: {allow}",
+            req.method(),
+            req.path()
+        ),
+        Vec::new(),
+        Vec::new(),
+    );
+    if let Ok(value) = header::HeaderValue::from_str(&allow) {
+        response.headers_mut().insert(header::ALLOW, value);
+    }
+    response
+}
+
 /// Every route of the service.
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/healthz", web::get().to(health::healthz))
-        .route("/readyz", web::get().to(health::readyz))
-        .route("/metrics", web::get().to(health::metrics))
-        .service(web::resource("/docs").route(web::get().to(|| async {
+    cfg.service(resource!("/healthz", get => health::healthz))
+        .service(resource!("/readyz", get => health::readyz))
+        .service(resource!("/metrics", get => health::metrics))
+        .service(resource!("/docs", get => || async {
             HttpResponse::PermanentRedirect()
                 .insert_header((header::LOCATION, "/docs/"))
                 .finish()
-        })))
+        }))
         .service(SwaggerUi::new("/docs/{_:.*}").url("/api-docs/openapi.json", ApiDoc::openapi()))
         .service(
             web::scope("/api/v1")
-                .service(
-                    web::resource("/resources")
-                        .route(web::get().to(resources::list))
-                        .route(web::post().to(resources::create)),
-                )
-                .service(
-                    web::resource("/resources/{key}")
-                        .route(web::get().to(resources::get))
-                        .route(web::put().to(resources::replace))
-                        .route(web::patch().to(resources::patch))
-                        .route(web::delete().to(resources::delete)),
-                )
-                .service(
-                    web::resource("/credentials")
-                        .route(web::get().to(credentials::list))
-                        .route(web::post().to(credentials::create)),
-                )
-                .service(
-                    web::resource("/credentials/{key}")
-                        .route(web::get().to(credentials::get))
-                        .route(web::put().to(credentials::replace))
-                        .route(web::patch().to(credentials::patch))
-                        .route(web::delete().to(credentials::delete)),
-                )
-                .service(
-                    web::resource("/steps")
-                        .route(web::get().to(steps::list))
-                        .route(web::post().to(steps::create)),
-                )
-                .service(
-                    web::resource("/steps/{key}")
-                        .route(web::get().to(steps::get))
-                        .route(web::put().to(steps::replace))
-                        .route(web::patch().to(steps::patch))
-                        .route(web::delete().to(steps::delete)),
-                )
-                .service(
-                    web::resource("/plans")
-                        .route(web::get().to(plans::list))
-                        .route(web::post().to(plans::create)),
-                )
-                .service(
-                    web::resource("/plans/{key}")
-                        .route(web::get().to(plans::get))
-                        .route(web::put().to(plans::replace))
-                        .route(web::delete().to(plans::delete)),
-                )
-                .service(
-                    web::resource("/plans/{key}/versions").route(web::get().to(plans::versions)),
-                )
-                .service(
-                    web::resource("/plans/{key}/versions/{version}")
-                        .route(web::get().to(plans::version)),
-                )
-                .service(
-                    web::resource("/plans/{key}/validate").route(web::post().to(plans::validate)),
-                )
-                .service(web::resource("/plans/{key}/render").route(web::post().to(plans::render)))
-                .service(web::resource("/audit").route(web::get().to(audit::list))),
+                .service(resource!("/resources", get => resources::list, post => resources::create))
+                .service(resource!("/resources/{key}",
+                    get => resources::get, put => resources::replace,
+                    patch => resources::patch, delete => resources::delete))
+                .service(resource!("/credentials", get => credentials::list, post => credentials::create))
+                .service(resource!("/credentials/{key}",
+                    get => credentials::get, put => credentials::replace,
+                    patch => credentials::patch, delete => credentials::delete))
+                .service(resource!("/steps", get => steps::list, post => steps::create))
+                .service(resource!("/steps/{key}",
+                    get => steps::get, put => steps::replace,
+                    patch => steps::patch, delete => steps::delete))
+                .service(resource!("/plans", get => plans::list, post => plans::create))
+                .service(resource!("/plans/{key}",
+                    get => plans::get, put => plans::replace, delete => plans::delete))
+                .service(resource!("/plans/{key}/versions", get => plans::versions))
+                .service(resource!("/plans/{key}/versions/{version}", get => plans::version))
+                .service(resource!("/plans/{key}/validate", post => plans::validate))
+                .service(resource!("/plans/{key}/render", post => plans::render))
+                .service(resource!("/audit", get => audit::list)),
         );
 }
 

@@ -15,7 +15,10 @@ use crate::db::models::StepRow;
 use crate::db::steps::{self as store, StepFilter, StepWrite};
 use crate::db::Db;
 use crate::domain::duration::Duration;
-use crate::domain::steps::{validate_step, RetryPolicy, StepDefinition, StepKind, StepOptions};
+use crate::domain::steps::{
+    default_idempotent, default_timeout, validate_step, RetryPolicy, StepDefinition, StepKind,
+    StepOptions,
+};
 use crate::domain::templates::TemplateEngine;
 use crate::domain::validation::{check_name, check_text, Violations};
 use crate::error::{Error, Problem, Result};
@@ -320,10 +323,16 @@ pub async fn patch(
                     "kind": view.kind,
                     "description": view.description,
                     "params": view.params,
-                    "timeout": view.timeout,
                     "retry": view.retry,
-                    "idempotent": view.idempotent,
                 });
+                // A timeout or idempotency equal to the kind's default was (as far as anyone
+                // can tell) not chosen: leave it out so it follows the patched params.
+                if view.timeout != default_timeout(view.kind, &view.params) {
+                    merged["timeout"] = serde_json::json!(view.timeout);
+                }
+                if view.idempotent != default_idempotent(view.kind, &view.params) {
+                    merged["idempotent"] = serde_json::json!(view.idempotent);
+                }
                 super::merge_patch(&mut merged, &patch);
                 validated(&engine, parse_json(merged.to_string().as_bytes())?)
             })

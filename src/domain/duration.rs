@@ -107,7 +107,12 @@ impl<'de> Deserialize<'de> for Duration {
             Secs(u64),
             Text(String),
         }
-        match Raw::deserialize(d).map_err(|_| {
+        match Raw::deserialize(d).map_err(|e: D::Error| {
+            // A missing field keeps serde's own words; anything else gets the expected format.
+            let text = e.to_string();
+            if text.starts_with("missing field") {
+                return e;
+            }
             serde::de::Error::custom(
                 "expected a duration like 30s, 5m, 1h30m or a number of seconds",
             )

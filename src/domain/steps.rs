@@ -568,6 +568,14 @@ pub fn validate_step(
     let timeout = options
         .timeout
         .unwrap_or_else(|| default_timeout(kind, &normalized));
+    if let Some((what, least)) = least_timeout(kind, &normalized) {
+        if timeout < least {
+            v.add(
+                format!("{}timeout", parent(prefix)),
+                format!("must be at least the step's {what} ({least}), or it would be cut short"),
+            );
+        }
+    }
     if timeout.as_secs() == 0 {
         v.add(format!("{}timeout", parent(prefix)), "must be more than 0s");
     }
@@ -854,7 +862,8 @@ fn check_templates(
     }
 }
 
-fn default_timeout(kind: StepKind, params: &Value) -> Duration {
+/// The timeout a step of `kind` with `params` gets when none is given.
+pub fn default_timeout(kind: StepKind, params: &Value) -> Duration {
     let secs = |key: &str| {
         params
             .get(key)
@@ -878,7 +887,20 @@ fn default_timeout(kind: StepKind, params: &Value) -> Duration {
     })
 }
 
-fn default_idempotent(kind: StepKind, params: &Value) -> bool {
+/// The param a timeout must not be shorter than, for kinds that wait by design.
+fn least_timeout(kind: StepKind, params: &Value) -> Option<(&'static str, Duration)> {
+    let key = match kind {
+        StepKind::Check => "until",
+        StepKind::Wait => "duration",
+        StepKind::ManualApproval => "timeout",
+        _ => return None,
+    };
+    let value = serde_json::from_value::<Duration>(params.get(key)?.clone()).ok()?;
+    Some((key, value))
+}
+
+/// Whether a step of `kind` with `params` is idempotent when not said.
+pub fn default_idempotent(kind: StepKind, params: &Value) -> bool {
     match kind {
         StepKind::HostRecovery | StepKind::RemoteScript | StepKind::LocalScript => false,
         StepKind::HttpRequest => matches!(

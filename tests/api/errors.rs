@@ -18,9 +18,12 @@ async fn unknown_route_is_404_problem_json() {
 #[tokio::test]
 async fn wrong_method_is_405_problem_json() {
     let app = TestApp::spawn().await;
-    send(app.admin(Method::DELETE, "/api/v1/resources"))
-        .await
-        .assert_problem(405, "method-not-allowed");
+    let r = send(app.admin(Method::DELETE, "/api/v1/resources")).await;
+    r.assert_problem(405, "method-not-allowed");
+    assert_eq!(r.header("allow"), Some("GET, POST"));
+    let r = send(app.admin(Method::from_bytes(b"TRACE").unwrap(), "/api/v1/plans/p1")).await;
+    r.assert_problem(405, "method-not-allowed");
+    assert_eq!(r.header("allow"), Some("GET, PUT, DELETE"));
     send(app.admin(Method::POST, "/api/v1/audit"))
         .await
         .assert_problem(405, "method-not-allowed");

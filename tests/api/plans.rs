@@ -84,10 +84,37 @@ async fn step_crud_fills_defaults_and_names_bad_fields() {
     assert_eq!(patched.status, 200, "{}", patched.text);
     assert_eq!(patched.body["params"]["until"], "2m");
     assert_eq!(
-        patched.body["timeout"], "5m30s",
-        "an explicit timeout is kept"
+        patched.body["timeout"], "2m30s",
+        "a default timeout follows the new until"
     );
     assert_eq!(patched.body["version"], 2);
+    let explicit = send(
+        app.admin(Method::PATCH, "/api/v1/steps/db_port")
+            .json(&json!({"timeout": "20m"})),
+    )
+    .await;
+    assert_eq!(explicit.body["timeout"], "20m");
+    let kept = send(
+        app.admin(Method::PATCH, "/api/v1/steps/db_port")
+            .json(&json!({"params": {"until": "3m"}})),
+    )
+    .await;
+    assert_eq!(kept.body["timeout"], "20m", "a chosen timeout is kept");
+    let short = send(
+        app.admin(Method::PATCH, "/api/v1/steps/db_port")
+            .json(&json!({"params": {"until": "30m"}})),
+    )
+    .await;
+    assert_eq!(
+        problems(&short)[0].0,
+        "timeout",
+        "a timeout shorter than until is refused"
+    );
+    let missing = step(&app, json!({"name": "w", "kind": "wait", "params": {}})).await;
+    assert_eq!(
+        problems(&missing)[0],
+        ("params".to_owned(), "missing field `duration`".to_owned())
+    );
 
     let bad = step(&app, json!({"name": "Bad Name", "kind": "check", "params": {"type": "http", "url": "ftp://x", "port": 1}})).await;
     assert_eq!(
