@@ -32,6 +32,10 @@ pub struct Config {
     pub db_pool_timeout_secs: u64,
     /// `DRO_HTTP_WORKERS`: actix worker threads (default: one per core).
     pub http_workers: usize,
+    /// `DRO_WORKERS`: concurrent step runs per instance (0: this instance runs no steps).
+    pub workers: usize,
+    /// `DRO_LEASE_SECS`: how long a worker's claim on a step lasts without a heartbeat.
+    pub lease_secs: u64,
     /// `DRO_LOG`: a tracing filter such as `info` or `dr_orchestrator=debug,actix_web=info`.
     pub log_filter: String,
     /// `DRO_LOG_FORMAT`: `text` or `json`.
@@ -51,6 +55,8 @@ impl std::fmt::Debug for Config {
             .field("db_pool_size", &self.db_pool_size)
             .field("db_pool_timeout_secs", &self.db_pool_timeout_secs)
             .field("http_workers", &self.http_workers)
+            .field("workers", &self.workers)
+            .field("lease_secs", &self.lease_secs)
             .field("log_filter", &self.log_filter)
             .field("log_format", &self.log_format)
             .finish()
@@ -88,6 +94,8 @@ impl Config {
             db_pool_size: parse(&get, "DRO_DB_POOL_SIZE", 16)?,
             db_pool_timeout_secs: parse(&get, "DRO_DB_POOL_TIMEOUT_SECS", 10)?,
             http_workers: parse(&get, "DRO_HTTP_WORKERS", cores)?,
+            workers: parse(&get, "DRO_WORKERS", 8)?,
+            lease_secs: parse(&get, "DRO_LEASE_SECS", 30)?,
             log_filter: get("DRO_LOG").unwrap_or_else(|| "info".to_owned()),
             log_format: match get("DRO_LOG_FORMAT").as_deref() {
                 None | Some("text") => LogFormat::Text,
@@ -108,6 +116,12 @@ impl Config {
             return Err(ConfigError {
                 var: "DRO_DB_POOL_SIZE",
                 message: "must be at least 1".into(),
+            });
+        }
+        if self.lease_secs < 3 {
+            return Err(ConfigError {
+                var: "DRO_LEASE_SECS",
+                message: "must be at least 3".into(),
             });
         }
         if self.http_workers == 0 {

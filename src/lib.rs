@@ -9,9 +9,11 @@ pub mod config;
 pub mod crypto;
 pub mod db;
 pub mod domain;
+pub mod engine;
 pub mod error;
 pub mod http;
 pub mod metrics;
+pub mod runners;
 pub mod secrets;
 
 use std::sync::Arc;
@@ -169,6 +171,7 @@ pub fn serve(config: &Config) -> Result<(), String> {
         .build()
         .map_err(|e| format!("cannot start the async runtime: {e}"))?;
     let result = runtime.block_on(async {
+        let engine = start_engine(&state, config);
         let app_state = state.clone();
         let server = HttpServer::new(move || build_app(&app_state))
             .workers(config.http_workers)
@@ -182,12 +185,45 @@ pub fn serve(config: &Config) -> Result<(), String> {
         if print_token {
             announce_admin_token(&state, config);
         }
-        server
+        let served = server
             .await
-            .map_err(|e| format!("the HTTP server failed: {e}"))
+            .map_err(|e| format!("the HTTP server failed: {e}"));
+        if let Some((engine, tasks)) = engine {
+            // Steps in flight keep their leases until they expire; another instance (or this
+            // one after a restart) reclaims them.
+            engine.stop();
+            for task in tasks {
+                task.abort();
+            }
+        }
+        served
     });
     drop(database);
     result
+}
+
+/// Starts this instance's executor pool (none with `DRO_WORKERS=0`).
+fn start_engine(
+    state: &AppState,
+    config: &Config,
+) -> Option<(Arc<engine::Engine>, Vec<tokio::task::JoinHandle<()>>)> {
+    if config.workers == 0 {
+        return None;
+    }
+    let engine = engine::Engine::new(
+        state.db.clone(),
+        state.templates.clone(),
+        state.master_key.clone(),
+        state.metrics.clone(),
+        engine::EngineConfig {
+            workers: config.workers,
+            lease: Duration::from_secs(config.lease_secs),
+            ..engine::EngineConfig::default()
+        },
+    );
+    let tasks = engine.start();
+    tracing::info!(workers = config.workers, owner = %engine.owner, "executor pool started");
+    Some((engine, tasks))
 }
 
 /// The embedded mode's ready-to-paste admin token: on a terminal it is printed; otherwise (a

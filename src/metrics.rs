@@ -16,6 +16,8 @@ pub struct Metrics {
     pool_connections: IntGauge,
     pool_idle: IntGauge,
     pool_max: IntGauge,
+    step_runs: IntCounterVec,
+    step_duration: HistogramVec,
 }
 
 impl Metrics {
@@ -45,12 +47,33 @@ impl Metrics {
         let pool_connections = gauge("dro_db_pool_connections", "Open database connections");
         let pool_idle = gauge("dro_db_pool_idle_connections", "Idle database connections");
         let pool_max = gauge("dro_db_pool_max_size", "Most connections the pool may open");
+        let step_runs = IntCounterVec::new(
+            Opts::new(
+                "dro_step_attempts_total",
+                "Step attempts run by this instance, by how they ended",
+            ),
+            &["outcome"],
+        )
+        .expect("metric definition is valid");
+        let step_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "dro_step_attempt_duration_seconds",
+                "Time one step attempt took, by how it ended",
+            )
+            .buckets(vec![
+                0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0,
+            ]),
+            &["outcome"],
+        )
+        .expect("metric definition is valid");
         for collector in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(latency.clone()),
             Box::new(pool_connections.clone()),
             Box::new(pool_idle.clone()),
             Box::new(pool_max.clone()),
+            Box::new(step_runs.clone()),
+            Box::new(step_duration.clone()),
         ] {
             registry
                 .register(collector)
@@ -63,7 +86,17 @@ impl Metrics {
             pool_connections,
             pool_idle,
             pool_max,
+            step_runs,
+            step_duration,
         }
+    }
+
+    /// One step attempt ended (`succeeded`, `failed`, `cancelled`, `waiting_approval`).
+    pub fn observe_step(&self, outcome: &str, elapsed: Duration) {
+        self.step_runs.with_label_values(&[outcome]).inc();
+        self.step_duration
+            .with_label_values(&[outcome])
+            .observe(elapsed.as_secs_f64());
     }
 
     pub fn observe_request(&self, method: &str, route: &str, status: u16, elapsed: Duration) {

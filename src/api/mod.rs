@@ -3,6 +3,7 @@
 
 pub mod audit;
 pub mod credentials;
+pub mod executions;
 pub mod health;
 pub mod pagination;
 pub mod plans;
@@ -38,6 +39,10 @@ PUT, PATCH and DELETE to avoid overwriting someone else's change (412 when it ch
         steps::list, steps::create, steps::get, steps::replace, steps::patch, steps::delete,
         plans::list, plans::create, plans::get, plans::replace, plans::delete,
         plans::versions, plans::version, plans::validate, plans::render,
+        executions::start, executions::list, executions::get,
+        executions::cancel, executions::pause, executions::resume,
+        executions::retry_step, executions::skip_step, executions::approve_step, executions::reject_step,
+        executions::logs, executions::events, executions::report,
         audit::list,
     ),
     components(schemas(
@@ -59,6 +64,7 @@ PUT, PATCH and DELETE to avoid overwriting someone else's change (412 when it ch
         (name = "credentials", description = "Secret material: encrypted at rest, write-only"),
         (name = "steps", description = "Reusable action definitions"),
         (name = "plans", description = "Recovery plans: versioned DAGs of steps, validated and rendered"),
+        (name = "executions", description = "Drills, failovers and dry runs: start, follow, steer, report"),
         (name = "audit", description = "Every mutation: who, what, when"),
     ),
     modifiers(&BearerAuth, &CommonResponses),
@@ -215,6 +221,19 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 .service(resource!("/plans/{key}/versions/{version}", get => plans::version))
                 .service(resource!("/plans/{key}/validate", post => plans::validate))
                 .service(resource!("/plans/{key}/render", post => plans::render))
+                .service(resource!("/plans/{key}/executions", post => executions::start))
+                .service(resource!("/executions", get => executions::list))
+                .service(resource!("/executions/{id}", get => executions::get))
+                .service(resource!("/executions/{id}/cancel", post => executions::cancel))
+                .service(resource!("/executions/{id}/pause", post => executions::pause))
+                .service(resource!("/executions/{id}/resume", post => executions::resume))
+                .service(resource!("/executions/{id}/steps/{key}/retry", post => executions::retry_step))
+                .service(resource!("/executions/{id}/steps/{key}/skip", post => executions::skip_step))
+                .service(resource!("/executions/{id}/steps/{key}/approve", post => executions::approve_step))
+                .service(resource!("/executions/{id}/steps/{key}/reject", post => executions::reject_step))
+                .service(resource!("/executions/{id}/logs", get => executions::logs))
+                .service(resource!("/executions/{id}/events", get => executions::events))
+                .service(resource!("/executions/{id}/report", get => executions::report))
                 .service(resource!("/audit", get => audit::list)),
         );
 }

@@ -122,3 +122,69 @@ pub struct PlanVersionRow {
     pub created_at: DateTime<Utc>,
     pub created_by: String,
 }
+
+#[derive(Debug, Clone, Queryable, Selectable, QueryableByName)]
+#[diesel(table_name = super::schema::executions, check_for_backend(diesel::pg::Pg))]
+pub struct ExecutionRow {
+    pub id: Uuid,
+    pub plan_id: Uuid,
+    pub plan_version: i32,
+    pub plan_name: String,
+    pub mode: String,
+    pub status: String,
+    pub params: Value,
+    pub idempotency_key: Option<String>,
+    pub pause_reason: Option<String>,
+    pub error: Option<String>,
+    pub created_by: String,
+    pub created_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, Queryable, Selectable, QueryableByName)]
+#[diesel(table_name = super::schema::step_runs, check_for_backend(diesel::pg::Pg))]
+pub struct StepRunRow {
+    pub execution_id: Uuid,
+    pub key: String,
+    pub position: i32,
+    pub kind: String,
+    pub step: Value,
+    pub dependents: Vec<String>,
+    pub status: String,
+    pub pending_deps: i32,
+    pub attempt: i32,
+    pub next_attempt_at: DateTime<Utc>,
+    pub lease_owner: Option<String>,
+    pub lease_expires_at: Option<DateTime<Utc>>,
+    pub deadline_at: Option<DateTime<Utc>>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub exit_code: Option<i32>,
+    pub outputs: Value,
+    pub error: Option<String>,
+    pub approval: Option<Value>,
+}
+
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = super::schema::execution_events, check_for_backend(diesel::pg::Pg))]
+pub struct EventRow {
+    pub id: i64,
+    pub execution_id: Uuid,
+    pub at: DateTime<Utc>,
+    pub type_: String,
+    pub step_key: Option<String>,
+    pub data: Value,
+}
+
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = super::schema::step_logs, check_for_backend(diesel::pg::Pg))]
+pub struct LogRow {
+    pub id: i64,
+    pub execution_id: Uuid,
+    pub step_key: String,
+    pub attempt: i32,
+    pub stream: String,
+    pub at: DateTime<Utc>,
+    pub data: String,
+}

@@ -35,6 +35,37 @@ diesel::table! {
 }
 
 diesel::table! {
+    execution_events (id) {
+        id -> Int8,
+        execution_id -> Uuid,
+        at -> Timestamptz,
+        #[sql_name = "type"]
+        type_ -> Text,
+        step_key -> Nullable<Text>,
+        data -> Jsonb,
+    }
+}
+
+diesel::table! {
+    executions (id) {
+        id -> Uuid,
+        plan_id -> Uuid,
+        plan_version -> Int4,
+        plan_name -> Text,
+        mode -> Text,
+        status -> Text,
+        params -> Jsonb,
+        idempotency_key -> Nullable<Text>,
+        pause_reason -> Nullable<Text>,
+        error -> Nullable<Text>,
+        created_by -> Text,
+        created_at -> Timestamptz,
+        started_at -> Nullable<Timestamptz>,
+        finished_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
     plan_step_refs (plan_id, step_id) {
         plan_id -> Uuid,
         step_id -> Uuid,
@@ -98,6 +129,42 @@ diesel::table! {
 }
 
 diesel::table! {
+    step_logs (id) {
+        id -> Int8,
+        execution_id -> Uuid,
+        step_key -> Text,
+        attempt -> Int4,
+        stream -> Text,
+        at -> Timestamptz,
+        data -> Text,
+    }
+}
+
+diesel::table! {
+    step_runs (execution_id, key) {
+        execution_id -> Uuid,
+        key -> Text,
+        position -> Int4,
+        kind -> Text,
+        step -> Jsonb,
+        dependents -> Array<Text>,
+        status -> Text,
+        pending_deps -> Int4,
+        attempt -> Int4,
+        next_attempt_at -> Timestamptz,
+        lease_owner -> Nullable<Text>,
+        lease_expires_at -> Nullable<Timestamptz>,
+        deadline_at -> Nullable<Timestamptz>,
+        started_at -> Nullable<Timestamptz>,
+        finished_at -> Nullable<Timestamptz>,
+        exit_code -> Nullable<Int4>,
+        outputs -> Jsonb,
+        error -> Nullable<Text>,
+        approval -> Nullable<Jsonb>,
+    }
+}
+
+diesel::table! {
     steps (id) {
         id -> Uuid,
         name -> Text,
@@ -112,6 +179,9 @@ diesel::table! {
     }
 }
 
+diesel::joinable!(execution_events -> executions (execution_id));
+diesel::joinable!(step_logs -> executions (execution_id));
+diesel::joinable!(step_runs -> executions (execution_id));
 diesel::joinable!(plan_step_refs -> plans (plan_id));
 diesel::joinable!(plan_step_refs -> steps (step_id));
 diesel::joinable!(plan_versions -> plans (plan_id));
@@ -121,11 +191,15 @@ diesel::joinable!(resource_credential_refs -> resources (resource_id));
 diesel::allow_tables_to_appear_in_same_query!(
     audit_log,
     credentials,
+    execution_events,
+    executions,
     plan_step_refs,
     plan_versions,
     plans,
     resource_credential_refs,
     resources,
     service_settings,
+    step_logs,
+    step_runs,
     steps,
 );

@@ -1272,21 +1272,17 @@ pub fn render(
     let mut out = Vec::new();
     for i in order {
         let r = &resolved[i];
-        let mut params = r.definition.params.clone();
-        for (path, text) in string_leaves(&r.definition.params) {
-            if !is_template(&text) {
+        let mut params = match render_params(engine, r, &plain_ctx, &env_ctx) {
+            Ok(params) => params,
+            Err(step_errors) => {
+                errors.extend(
+                    step_errors
+                        .into_iter()
+                        .map(|(path, e)| FieldError::new(format!("steps[{i}].params.{path}"), e)),
+                );
                 continue;
             }
-            let ctx = if reads_credentials(r.definition.kind, &path) {
-                &env_ctx
-            } else {
-                &plain_ctx
-            };
-            match engine.render(&text, field_use(r.definition.kind, &path), ctx) {
-                Ok(rendered) => set_path(&mut params, &path, Value::String(rendered)),
-                Err(e) => errors.push(FieldError::new(format!("steps[{i}].params.{path}"), e)),
-            }
-        }
+        };
         mask_injected_credentials(&mut params);
         out.push(RenderedStep {
             key: r.key.clone(),
@@ -1304,6 +1300,98 @@ pub fn render(
     } else {
         Err(errors)
     }
+}
+
+/// Fills every template of one step's params: `env_ctx` (which may hold credentials) for the
+/// fields that become environment variables, `plain_ctx` for the others. Errors are
+/// `(param path, message)`.
+fn render_params(
+    engine: &TemplateEngine,
+    r: &ResolvedStep,
+    plain_ctx: &TValue,
+    env_ctx: &TValue,
+) -> Result<Value, Vec<(String, String)>> {
+    let mut params = r.definition.params.clone();
+    let mut errors = Vec::new();
+    for (path, text) in string_leaves(&r.definition.params) {
+        if !is_template(&text) {
+            continue;
+        }
+        let ctx = if reads_credentials(r.definition.kind, &path) {
+            env_ctx
+        } else {
+            plain_ctx
+        };
+        match engine.render(&text, field_use(r.definition.kind, &path), ctx) {
+            Ok(rendered) => set_path(&mut params, &path, Value::String(rendered)),
+            Err(e) => errors.push((path, e)),
+        }
+    }
+    if errors.is_empty() {
+        Ok(params)
+    } else {
+        Err(errors)
+    }
+}
+
+/// What a running step's templates read: the execution's facts, its ancestors' real outputs and
+/// the plaintext of the credentials its `env` may read.
+pub struct RuntimeContext<'a> {
+    pub plan: &'a str,
+    pub version: i32,
+    pub mode: Mode,
+    pub execution_id: Uuid,
+    pub params: &'a Map<String, Value>,
+    pub inventory: &'a Inventory,
+    /// Step key -> its outputs, for the steps that have finished.
+    pub outputs: &'a BTreeMap<String, Value>,
+    /// Credential name -> field -> plaintext.
+    pub credentials: &'a BTreeMap<String, BTreeMap<String, String>>,
+}
+
+/// Renders one step's params for a real run; an error names the param and why.
+pub fn render_for_run(
+    engine: &TemplateEngine,
+    r: &ResolvedStep,
+    ctx: &RuntimeContext<'_>,
+) -> Result<Value, String> {
+    let mut base = render_context(ctx.plan, ctx.version, ctx.mode, ctx.params, ctx.inventory);
+    base.insert(
+        "execution".into(),
+        json!({"mode": ctx.mode, "id": ctx.execution_id, "plan": ctx.plan, "version": ctx.version}),
+    );
+    let steps: BTreeMap<String, BTreeMap<String, TValue>> = ctx
+        .outputs
+        .iter()
+        .map(|(key, outputs)| {
+            (
+                key.clone(),
+                BTreeMap::from([("outputs".to_owned(), TValue::from(Serde(outputs)))]),
+            )
+        })
+        .collect();
+    let plain_ctx = context_value(&base, &steps, None);
+    let credentials: BTreeMap<String, BTreeMap<&str, &str>> = ctx
+        .credentials
+        .iter()
+        .map(|(name, fields)| {
+            (
+                name.clone(),
+                fields
+                    .iter()
+                    .map(|(f, v)| (f.as_str(), v.as_str()))
+                    .collect(),
+            )
+        })
+        .collect();
+    let env_ctx = context_value(&base, &steps, Some(&credentials));
+    render_params(engine, r, &plain_ctx, &env_ctx).map_err(|errors| {
+        errors
+            .into_iter()
+            .map(|(path, e)| format!("params.{path}: {e}"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    })
 }
 
 /// `credentials: {VAR: name}` shows which credential is injected; the value itself is masked.

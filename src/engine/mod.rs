@@ -1,0 +1,205 @@
+//! The execution engine: a pool of workers per instance that claim ready step runs from
+//! PostgreSQL (`FOR UPDATE SKIP LOCKED`), hold a lease renewed by heartbeat while they run them,
+//! and record each outcome in one transaction. A reaper reclaims the leases of dead workers and
+//! settles overdue approvals. Workers wake on NOTIFY (any instance) or an in-process signal, and
+//! poll as a fallback. State lives in the database; nothing here is needed to recover.
+
+pub mod run;
+pub mod state;
+pub mod store;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use diesel::prelude::*;
+use tokio::sync::Notify;
+
+use crate::crypto::MasterKey;
+use crate::db::Db;
+use crate::domain::templates::TemplateEngine;
+use crate::metrics::Metrics;
+
+/// How an engine instance works.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Concurrent step runs in this instance.
+    pub workers: usize,
+    /// Lease length; a worker renews it every third of it.
+    pub lease: Duration,
+    /// Fallback poll when no wake arrives.
+    pub poll: Duration,
+    /// How often the reaper looks for expired leases and overdue approvals.
+    pub reap_every: Duration,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            workers: 8,
+            lease: Duration::from_secs(30),
+            poll: Duration::from_millis(500),
+            reap_every: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Everything a worker needs.
+pub struct Engine {
+    pub db: Db,
+    pub templates: Arc<TemplateEngine>,
+    pub master_key: Arc<MasterKey>,
+    pub metrics: Arc<Metrics>,
+    pub config: EngineConfig,
+    /// Identifies this instance's leases.
+    pub owner: String,
+    pub wake: Notify,
+    stopped: AtomicBool,
+}
+
+impl Engine {
+    pub fn new(
+        db: Db,
+        templates: Arc<TemplateEngine>,
+        master_key: Arc<MasterKey>,
+        metrics: Arc<Metrics>,
+        config: EngineConfig,
+    ) -> Arc<Self> {
+        let host = nix::unistd::gethostname()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .unwrap_or_else(|| "host".into());
+        Arc::new(Self {
+            db,
+            templates,
+            master_key,
+            metrics,
+            config,
+            owner: format!(
+                "{host}:{}:{}",
+                std::process::id(),
+                &uuid::Uuid::new_v4().simple().to_string()[..8]
+            ),
+            wake: Notify::new(),
+            stopped: AtomicBool::new(false),
+        })
+    }
+
+    /// Starts the workers, the reaper and the NOTIFY listener on the current tokio runtime;
+    /// they stop when the returned handles are aborted (or the runtime ends).
+    pub fn start(self: &Arc<Self>) -> Vec<tokio::task::JoinHandle<()>> {
+        let mut tasks = Vec::new();
+        for _ in 0..self.config.workers.max(1) {
+            let engine = self.clone();
+            tasks.push(tokio::spawn(async move { engine.work().await }));
+        }
+        let engine = self.clone();
+        tasks.push(tokio::spawn(async move { engine.reap_loop().await }));
+        // A plain thread, not a tokio blocking task, so that it never holds a runtime's
+        // shutdown; it ends when the engine is stopped or dropped.
+        let weak = Arc::downgrade(self);
+        std::thread::Builder::new()
+            .name("dro-listen".into())
+            .spawn(move || listen(weak))
+            .expect("spawning a thread succeeds");
+        tasks
+    }
+
+    /// Stops the listener thread (workers stop with their runtime or when aborted).
+    pub fn stop(&self) {
+        self.stopped.store(true, Ordering::SeqCst);
+    }
+
+    fn lease_secs(&self) -> i32 {
+        self.config.lease.as_secs().max(1) as i32
+    }
+
+    async fn work(self: Arc<Self>) {
+        loop {
+            let owner = self.owner.clone();
+            let lease = self.lease_secs();
+            let claimed = self
+                .db
+                .transaction(move |conn| store::claim(conn, &owner, lease, 1))
+                .await;
+            match claimed {
+                Ok(steps) if !steps.is_empty() => {
+                    // Another worker may find more.
+                    self.wake.notify_one();
+                    for c in steps {
+                        run::run_claimed(&self, c).await;
+                    }
+                }
+                Ok(_) => {
+                    let _ = tokio::time::timeout(self.config.poll, self.wake.notified()).await;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "claiming steps failed");
+                    tokio::time::sleep(self.config.poll).await;
+                }
+            }
+        }
+    }
+
+    async fn reap_loop(self: Arc<Self>) {
+        loop {
+            tokio::time::sleep(self.config.reap_every).await;
+            match self.db.transaction(store::reap).await {
+                Ok(n) if n > 0 => self.wake.notify_waiters(),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "reaping leases failed"),
+            }
+        }
+    }
+}
+
+/// Turns NOTIFYs from any instance into wakes of this instance's workers, until the engine is
+/// stopped or gone.
+fn listen(engine: Weak<Engine>) {
+    loop {
+        let Some(e) = engine.upgrade() else { return };
+        if e.stopped.load(Ordering::SeqCst) {
+            return;
+        }
+        let conn = e.db.pool().get();
+        drop(e);
+        let mut conn = match conn {
+            Ok(conn) => conn,
+            Err(err) => {
+                tracing::warn!(error = %err, "the NOTIFY listener has no connection; retrying");
+                std::thread::sleep(Duration::from_secs(1));
+                continue;
+            }
+        };
+        if let Err(err) =
+            diesel::sql_query(format!("LISTEN {}", store::WAKE_CHANNEL)).execute(&mut conn)
+        {
+            tracing::warn!(error = %err, "LISTEN failed; retrying");
+            std::thread::sleep(Duration::from_secs(1));
+            continue;
+        }
+        loop {
+            let mut woke = false;
+            let mut failed = false;
+            for note in conn.notifications_iter() {
+                match note {
+                    Ok(_) => woke = true,
+                    Err(_) => failed = true,
+                }
+            }
+            let Some(e) = engine.upgrade() else { return };
+            if e.stopped.load(Ordering::SeqCst) {
+                return;
+            }
+            if woke {
+                e.wake.notify_waiters();
+                e.wake.notify_one();
+            }
+            if failed {
+                break;
+            }
+            drop(e);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}

@@ -1,0 +1,240 @@
+//! One claimed step, start to finish: load what its templates read, render it, run it with a
+//! heartbeat that keeps the lease (and notices a cancel or a lost lease), store the outcome.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use diesel::prelude::*;
+use serde_json::{Map, Value};
+use tokio::sync::watch;
+
+use super::store::{self, Claimed, Outcome};
+use super::Engine;
+use crate::db::models::ExecutionRow;
+use crate::db::schema::{credentials, step_runs};
+use crate::domain::plans::{render_for_run, Inventory, Mode, ResolvedStep, RuntimeContext};
+use crate::domain::steps::{reads_credentials, string_leaves, StepKind};
+use crate::domain::templates::{is_template, TemplateEngine};
+use crate::error::{Error, Result};
+use crate::runners::{self, Attempt, LogSink};
+
+/// What an attempt needs from the database.
+struct Prepared {
+    execution: ExecutionRow,
+    step: ResolvedStep,
+    outputs: BTreeMap<String, Value>,
+    inventory: Inventory,
+    /// Credential name -> field -> plaintext, for the credentials this step reads.
+    credentials: BTreeMap<String, BTreeMap<String, String>>,
+}
+
+/// The credentials a step reads: `credentials.<name>` in env templates and the `credentials` map.
+fn credential_names(templates: &TemplateEngine, step: &ResolvedStep) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    let params = &step.definition.params;
+    for (path, text) in string_leaves(params) {
+        if !is_template(&text) || !reads_credentials(step.definition.kind, &path) {
+            continue;
+        }
+        for r in templates.references(&text).unwrap_or_default() {
+            if let Some(name) = r
+                .strip_prefix("credentials.")
+                .and_then(|rest| rest.split('.').next())
+            {
+                names.insert(name.to_owned());
+            }
+        }
+    }
+    if let Some(Value::Object(map)) = params.get("credentials") {
+        for reference in map.values().filter_map(Value::as_str) {
+            names.insert(reference.split('.').next().unwrap_or_default().to_owned());
+        }
+    }
+    names
+}
+
+fn prepare(conn: &mut PgConnection, engine: &Engine, c: &Claimed) -> Result<Prepared> {
+    let execution = store::execution(conn, c.execution_id)?;
+    let raw: Value = step_runs::table
+        .find((c.execution_id, &c.key))
+        .select(step_runs::step)
+        .first(conn)?;
+    let step: ResolvedStep = serde_json::from_value(raw).map_err(Error::internal)?;
+    let outputs = store::outputs_of(conn, c.execution_id)?;
+    let inventory = crate::db::plans::inventory(conn)?;
+    let mut creds = BTreeMap::new();
+    for name in credential_names(&engine.templates, &step) {
+        let found: Option<(uuid::Uuid, Option<String>)> = credentials::table
+            .filter(credentials::name.eq(&name))
+            .select((credentials::id, credentials::username))
+            .first(conn)
+            .optional()?;
+        let Some((id, username)) = found else {
+            return Err(Error::conflict(format!(
+                "credential `{name}` no longer exists"
+            )));
+        };
+        let plain = crate::db::credentials::open_secret(conn, id, &engine.master_key)?;
+        let secret: Map<String, Value> = serde_json::from_slice(&plain).map_err(Error::internal)?;
+        let mut fields: BTreeMap<String, String> = secret
+            .into_iter()
+            .filter_map(|(k, v)| v.as_str().map(|s| (k, s.to_owned())))
+            .collect();
+        if let Some(user) = username {
+            fields.insert("username".into(), user);
+        }
+        creds.insert(name, fields);
+    }
+    Ok(Prepared {
+        execution,
+        step,
+        outputs,
+        inventory,
+        credentials: creds,
+    })
+}
+
+/// Runs a claimed step to its outcome and records it.
+pub async fn run_claimed(engine: &Arc<Engine>, c: Claimed) {
+    let started = Instant::now();
+    let prepared = {
+        let engine2 = engine.clone();
+        let claim = c.clone();
+        engine
+            .db
+            .run(move |conn| prepare(conn, &engine2, &claim))
+            .await
+    };
+    let outcome = match prepared {
+        Ok(p) => attempt(engine, &c, p).await,
+        Err(e) => Outcome::Failed {
+            error: format!("preparing the step failed: {e}"),
+            exit_code: None,
+            outputs: Map::new(),
+        },
+    };
+    let kind = match &outcome {
+        Outcome::Succeeded { .. } => "succeeded",
+        Outcome::Failed { .. } => "failed",
+        Outcome::Cancelled => "cancelled",
+        Outcome::AwaitApproval { .. } => "waiting_approval",
+    };
+    let owner = engine.owner.clone();
+    let claim = c.clone();
+    if let Err(e) = engine
+        .db
+        .transaction(move |conn| store::finish(conn, &claim, &owner, outcome))
+        .await
+    {
+        tracing::error!(error = %e, execution = %c.execution_id, step = %c.key, "recording a step's outcome failed");
+    }
+    engine.metrics.observe_step(kind, started.elapsed());
+}
+
+async fn attempt(engine: &Arc<Engine>, c: &Claimed, p: Prepared) -> Outcome {
+    let mode = match p.execution.mode.as_str() {
+        "failover" => Mode::Failover,
+        _ => Mode::Drill,
+    };
+    let params: Map<String, Value> = p.execution.params.as_object().cloned().unwrap_or_default();
+    let ctx = RuntimeContext {
+        plan: &p.execution.plan_name,
+        version: p.execution.plan_version,
+        mode,
+        execution_id: p.execution.id,
+        params: &params,
+        inventory: &p.inventory,
+        outputs: &p.outputs,
+        credentials: &p.credentials,
+    };
+    let secrets: Vec<String> = p
+        .credentials
+        .values()
+        .flat_map(|fields| {
+            fields
+                .iter()
+                .filter(|(k, _)| k.as_str() != "username")
+                .map(|(_, v)| v.clone())
+        })
+        .collect();
+    let (log, writer) = LogSink::start(
+        engine.db.clone(),
+        c.execution_id,
+        c.key.clone(),
+        c.attempt,
+        secrets,
+    );
+    let rendered = match render_for_run(&engine.templates, &p.step, &ctx) {
+        Ok(params) => params,
+        Err(e) => {
+            log.system(&format!("cannot render the step: {e}")).await;
+            drop(log);
+            let _ = writer.await;
+            return Outcome::Failed {
+                error: format!("cannot render the step: {e}"),
+                exit_code: None,
+                outputs: Map::new(),
+            };
+        }
+    };
+    let mut secret_env = BTreeMap::new();
+    if let Some(Value::Object(map)) = rendered.get("credentials") {
+        for (var, reference) in map {
+            let reference = reference.as_str().unwrap_or_default();
+            let (name, field) = reference.split_once('.').unwrap_or((reference, "password"));
+            if let Some(value) = p.credentials.get(name).and_then(|f| f.get(field)) {
+                secret_env.insert(var.clone(), value.clone());
+            }
+        }
+    }
+    let (cancel_tx, cancel_rx) = watch::channel(false);
+    let heartbeat = tokio::spawn(keep_lease(engine.clone(), c.clone(), cancel_tx));
+    let deadline = Instant::now() + p.step.definition.timeout.std();
+    let outcome = runners::run(Attempt {
+        kind: p.step.definition.kind,
+        params: rendered,
+        secret_env,
+        log: log.clone(),
+        cancel: cancel_rx,
+        deadline,
+    })
+    .await;
+    heartbeat.abort();
+    if let Outcome::Failed { error, .. } = &outcome {
+        log.system(&format!("attempt {} failed: {error}", c.attempt))
+            .await;
+    }
+    if p.step.definition.kind == StepKind::ManualApproval {
+        log.system("waiting for an approval").await;
+    }
+    drop(log);
+    let _ = writer.await;
+    outcome
+}
+
+/// Renews the lease every third of it; when the step is no longer ours to run (cancelled,
+/// its execution stopped, the lease reclaimed), tells the runner to stop.
+async fn keep_lease(engine: Arc<Engine>, c: Claimed, cancel: watch::Sender<bool>) {
+    let every =
+        (engine.config.lease / 3).clamp(Duration::from_millis(200), Duration::from_secs(10));
+    let every = every.min(Duration::from_secs(1));
+    loop {
+        tokio::time::sleep(every).await;
+        let owner = engine.owner.clone();
+        let lease = engine.config.lease.as_secs().max(1) as i32;
+        let claim = c.clone();
+        match engine
+            .db
+            .run(move |conn| store::heartbeat(conn, &claim, &owner, lease))
+            .await
+        {
+            Ok(true) => {}
+            Ok(false) => {
+                let _ = cancel.send(true);
+                return;
+            }
+            Err(e) => tracing::warn!(error = %e, step = %c.key, "renewing a lease failed"),
+        }
+    }
+}

@@ -1,0 +1,80 @@
+//! Step runners: what each kind of step does once the engine has claimed it and rendered its
+//! params. A runner streams its output into a `LogSink`, stops when `cancel` fires or the
+//! deadline passes, and returns an `Outcome`. Kinds that need outside systems (SSH, HTTP,
+//! checks, recovery providers) plug in here in their own modules.
+
+pub mod local;
+pub mod logs;
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use serde_json::{Map, Value};
+use tokio::sync::watch;
+
+use crate::domain::duration::Duration;
+use crate::domain::steps::StepKind;
+use crate::engine::store::Outcome;
+pub use logs::LogSink;
+
+/// Everything a runner gets for one attempt.
+pub struct Attempt {
+    pub kind: StepKind,
+    /// Params with every template filled.
+    pub params: Value,
+    /// Secret environment variables (name -> plaintext), masked in logs.
+    pub secret_env: BTreeMap<String, String>,
+    pub log: LogSink,
+    /// Becomes true when the step must stop (cancelled, lease lost).
+    pub cancel: watch::Receiver<bool>,
+    /// When the step's timeout runs out.
+    pub deadline: Instant,
+}
+
+/// Runs one attempt of a step.
+pub async fn run(attempt: Attempt) -> Outcome {
+    match attempt.kind {
+        StepKind::Wait => wait(attempt).await,
+        StepKind::LocalScript => local::run(attempt).await,
+        StepKind::ManualApproval => {
+            let timeout: Duration = attempt
+                .params
+                .get("timeout")
+                .and_then(|v| serde_json::from_value(v.clone()).ok())
+                .unwrap_or(Duration::from_secs(3600));
+            Outcome::AwaitApproval {
+                deadline_secs: timeout.as_secs() as i64,
+            }
+        }
+        other => Outcome::Failed {
+            error: format!("this build has no runner for `{other}` steps yet"),
+            exit_code: None,
+            outputs: Map::new(),
+        },
+    }
+}
+
+/// Resolves when `cancel` becomes true.
+pub async fn cancelled(cancel: &mut watch::Receiver<bool>) {
+    while !*cancel.borrow() {
+        if cancel.changed().await.is_err() {
+            // The sender is gone: nobody can cancel any more.
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+async fn wait(mut attempt: Attempt) -> Outcome {
+    let duration: Duration = attempt
+        .params
+        .get("duration")
+        .and_then(|v| serde_json::from_value(v.clone()).ok())
+        .unwrap_or_default();
+    tokio::select! {
+        _ = tokio::time::sleep(duration.std()) => Outcome::Succeeded { outputs: Map::new(), exit_code: None },
+        _ = cancelled(&mut attempt.cancel) => Outcome::Cancelled,
+        _ = tokio::time::sleep_until(attempt.deadline.into()) => Outcome::Failed {
+            error: "timed out".into(), exit_code: None, outputs: Map::new(),
+        },
+    }
+}
