@@ -105,9 +105,14 @@ impl Engine {
         tasks
     }
 
-    /// Stops the listener thread (workers stop with their runtime or when aborted).
+    /// Stops the listener thread and the heartbeats of steps in flight, so their leases lapse
+    /// and another instance takes over (workers stop with their runtime or when aborted).
     pub fn stop(&self) {
         self.stopped.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_stopped(&self) -> bool {
+        self.stopped.load(Ordering::SeqCst)
     }
 
     fn lease_secs(&self) -> i32 {

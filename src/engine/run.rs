@@ -221,6 +221,9 @@ async fn keep_lease(engine: Arc<Engine>, c: Claimed, cancel: watch::Sender<bool>
     let every = every.min(Duration::from_secs(1));
     loop {
         tokio::time::sleep(every).await;
+        if engine.is_stopped() {
+            return;
+        }
         let owner = engine.owner.clone();
         let lease = engine.config.lease.as_secs().max(1) as i32;
         let claim = c.clone();

@@ -267,11 +267,14 @@ pub fn execution(conn: &mut PgConnection, id: Uuid) -> Result<ExecutionRow> {
         .ok_or_else(|| Error::not_found("execution", id))
 }
 
+/// Locks an execution row. Every transaction that changes an execution takes this lock before
+/// any step row, so the lock order is always execution, then steps (no deadlock); `NO KEY
+/// UPDATE` does not conflict with the key-share locks that inserting events takes.
 fn execution_for_update(conn: &mut PgConnection, id: Uuid) -> Result<ExecutionRow> {
     executions::table
         .find(id)
         .select(ExecutionRow::as_select())
-        .for_update()
+        .for_no_key_update()
         .first(conn)
         .optional()?
         .ok_or_else(|| Error::not_found("execution", id))
@@ -434,6 +437,19 @@ fn maybe_finish(conn: &mut PgConnection, execution: Uuid) -> Result<()> {
     if exec_status(&exec)? != ExecutionStatus::Running {
         return Ok(());
     }
+    let active: i64 = step_runs::table
+        .filter(step_runs::execution_id.eq(execution))
+        .filter(step_runs::status.eq_any([
+            StepStatus::Ready.as_str(),
+            StepStatus::Running.as_str(),
+            StepStatus::WaitingApproval.as_str(),
+            StepStatus::Interrupted.as_str(),
+        ]))
+        .count()
+        .get_result(conn)?;
+    if active > 0 {
+        return Ok(());
+    }
     let runs = step_runs_of(conn, execution)?;
     let statuses: Vec<StepStatus> = runs.iter().map(status_of).collect::<Result<_>>()?;
     let active = statuses.iter().any(|s| {
@@ -564,6 +580,7 @@ pub enum Outcome {
 
 /// Records the end of an attempt, if the worker still holds the step, and moves the graph on.
 pub fn finish(conn: &mut PgConnection, c: &Claimed, owner: &str, outcome: Outcome) -> Result<()> {
+    execution_for_update(conn, c.execution_id)?;
     let row = step_for_update(conn, c.execution_id, &c.key)?;
     if row.status != StepStatus::Running.as_str()
         || row.lease_owner.as_deref() != Some(owner)
@@ -734,18 +751,25 @@ pub fn outputs_of(conn: &mut PgConnection, execution: Uuid) -> Result<BTreeMap<S
 /// again; on any other step it becomes `interrupted` and its execution pauses for a person.
 /// Also settles manual approvals past their deadline. Returns how many rows it touched.
 pub fn reap(conn: &mut PgConnection) -> Result<usize> {
-    let expired: Vec<StepRunRow> = step_runs::table
+    let candidates: Vec<(Uuid, String)> = step_runs::table
         .filter(step_runs::status.eq(StepStatus::Running.as_str()))
         .filter(step_runs::lease_expires_at.lt(diesel::dsl::now))
-        .select(StepRunRow::as_select())
-        .for_update()
-        .skip_locked()
+        .select((step_runs::execution_id, step_runs::key))
+        .limit(100)
         .load(conn)?;
-    let mut touched = expired.len();
-    for row in expired {
+    let mut touched = 0;
+    for (execution, key) in candidates {
+        // Execution first, then the step (the engine's lock order); re-check under the lock.
+        let exec = execution_for_update(conn, execution)?;
+        let row = step_for_update(conn, execution, &key)?;
+        let still_expired = row.status == StepStatus::Running.as_str()
+            && row.lease_expires_at.is_some_and(|t| t < chrono::Utc::now());
+        if !still_expired {
+            continue;
+        }
+        touched += 1;
         let step: ResolvedStep =
             serde_json::from_value(row.step.clone()).map_err(Error::internal)?;
-        let exec = execution_for_update(conn, row.execution_id)?;
         let worker = row.lease_owner.clone().unwrap_or_default();
         if exec_status(&exec)?.is_final() {
             set_step(
@@ -782,15 +806,19 @@ pub fn reap(conn: &mut PgConnection) -> Result<usize> {
             }
         }
     }
-    let overdue: Vec<StepRunRow> = step_runs::table
+    let overdue: Vec<(Uuid, String)> = step_runs::table
         .filter(step_runs::status.eq(StepStatus::WaitingApproval.as_str()))
         .filter(step_runs::deadline_at.lt(diesel::dsl::now))
-        .select(StepRunRow::as_select())
-        .for_update()
-        .skip_locked()
+        .select((step_runs::execution_id, step_runs::key))
+        .limit(100)
         .load(conn)?;
-    touched += overdue.len();
-    for row in overdue {
+    for (execution, key) in overdue {
+        execution_for_update(conn, execution)?;
+        let row = step_for_update(conn, execution, &key)?;
+        if row.status != StepStatus::WaitingApproval.as_str() {
+            continue;
+        }
+        touched += 1;
         let step: ResolvedStep =
             serde_json::from_value(row.step.clone()).map_err(Error::internal)?;
         let approve = step
@@ -853,6 +881,7 @@ pub fn approve(
     role: crate::auth::Role,
     comment: &str,
 ) -> Result<()> {
+    execution_for_update(conn, execution)?;
     let row = step_for_update(conn, execution, key)?;
     if row.status != StepStatus::WaitingApproval.as_str() {
         return Err(Error::conflict(format!(

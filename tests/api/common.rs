@@ -16,11 +16,13 @@ use dr_orchestrator::auth::Role;
 use dr_orchestrator::crypto::MasterKey;
 use dr_orchestrator::db::embedded::EmbeddedPostgres;
 use dr_orchestrator::db::{self, Db};
+use dr_orchestrator::engine::{Engine, EngineConfig};
 use dr_orchestrator::secrets::Secrets;
 use dr_orchestrator::{build_app, AppState};
 use reqwest::Method;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
+use std::time::Duration;
 use zeroize::Zeroizing;
 
 /// How to reach the test server for a given database name.
@@ -263,13 +265,18 @@ pub struct TestApp {
     pub jwt_secret: Vec<u8>,
     client: reqwest::Client,
     handle: ServerHandle,
+    engines: Vec<(std::sync::Arc<Engine>, Vec<tokio::task::JoinHandle<()>>)>,
 }
 
 impl TestApp {
     pub async fn spawn() -> Self {
+        Self::spawn_sized(4).await
+    }
+
+    async fn spawn_sized(pool_size: u32) -> Self {
         log_buffer();
         let db = TestDb::new();
-        let pool = db::build_pool(&db.url, 4, std::time::Duration::from_secs(10)).unwrap();
+        let pool = db::build_pool(&db.url, pool_size, Duration::from_secs(10)).unwrap();
         let jwt_secret = uuid::Uuid::new_v4().to_string().repeat(2).into_bytes();
         let secrets = Secrets {
             jwt_secret: Zeroizing::new(jwt_secret.clone()),
@@ -294,6 +301,42 @@ impl TestApp {
             jwt_secret,
             client: reqwest::Client::new(),
             handle,
+            engines: Vec::new(),
+        }
+    }
+
+    /// The service with an executor pool of `workers` (short lease, fast polling for tests).
+    pub async fn spawn_with_engine(workers: usize) -> Self {
+        let mut app = Self::spawn_sized(24).await;
+        app.start_engine(workers, Duration::from_secs(3));
+        app
+    }
+
+    /// Starts another engine instance on the same database; returns its index.
+    pub fn start_engine(&mut self, workers: usize, lease: Duration) -> usize {
+        let engine = Engine::new(
+            self.state.db.clone(),
+            self.state.templates.clone(),
+            self.state.master_key.clone(),
+            self.state.metrics.clone(),
+            EngineConfig {
+                workers,
+                lease,
+                poll: Duration::from_millis(100),
+                reap_every: Duration::from_millis(300),
+            },
+        );
+        let tasks = engine.start();
+        self.engines.push((engine, tasks));
+        self.engines.len() - 1
+    }
+
+    /// Kills an engine instance the hard way: its tasks stop mid-step, its leases lapse.
+    pub fn kill_engine(&mut self, index: usize) {
+        let (engine, tasks) = &self.engines[index];
+        engine.stop();
+        for t in tasks {
+            t.abort();
         }
     }
 
@@ -336,6 +379,12 @@ impl TestApp {
 
 impl Drop for TestApp {
     fn drop(&mut self) {
+        for (engine, tasks) in &self.engines {
+            engine.stop();
+            for t in tasks {
+                t.abort();
+            }
+        }
         let handle = self.handle.clone();
         // Stop the server's worker; the database is dropped after.
         let _ = futures_util::FutureExt::now_or_never(handle.stop(false));

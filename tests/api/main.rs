@@ -5,6 +5,7 @@ mod common;
 mod auth;
 mod cli;
 mod credentials;
+mod engine;
 mod errors;
 mod examples;
 mod health;
