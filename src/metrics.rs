@@ -18,6 +18,9 @@ pub struct Metrics {
     pool_max: IntGauge,
     step_runs: IntCounterVec,
     step_duration: HistogramVec,
+    claim_wait: prometheus::Histogram,
+    executions_by_state: prometheus::IntGaugeVec,
+    steps_by_state: prometheus::IntGaugeVec,
 }
 
 impl Metrics {
@@ -66,6 +69,29 @@ impl Metrics {
             &["outcome"],
         )
         .expect("metric definition is valid");
+        let claim_wait = prometheus::Histogram::with_opts(
+            HistogramOpts::new(
+                "dro_step_claim_wait_seconds",
+                "How long a step was ready before a worker of this instance claimed it",
+            )
+            .buckets(vec![
+                0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0,
+            ]),
+        )
+        .expect("metric definition is valid");
+        let executions_by_state = prometheus::IntGaugeVec::new(
+            Opts::new("dro_executions", "Executions by state (all instances)"),
+            &["status"],
+        )
+        .expect("metric definition is valid");
+        let steps_by_state = prometheus::IntGaugeVec::new(
+            Opts::new(
+                "dro_step_runs",
+                "Step runs by state (all instances); `ready` is the queue depth",
+            ),
+            &["status"],
+        )
+        .expect("metric definition is valid");
         for collector in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(latency.clone()),
@@ -74,6 +100,9 @@ impl Metrics {
             Box::new(pool_max.clone()),
             Box::new(step_runs.clone()),
             Box::new(step_duration.clone()),
+            Box::new(claim_wait.clone()),
+            Box::new(executions_by_state.clone()),
+            Box::new(steps_by_state.clone()),
         ] {
             registry
                 .register(collector)
@@ -88,6 +117,28 @@ impl Metrics {
             pool_max,
             step_runs,
             step_duration,
+            claim_wait,
+            executions_by_state,
+            steps_by_state,
+        }
+    }
+
+    /// A worker claimed a step that had been ready for `secs`.
+    pub fn observe_claim(&self, secs: f64) {
+        self.claim_wait.observe(secs.max(0.0));
+    }
+
+    /// Sets the state gauges from counts read from the database.
+    pub fn set_states(&self, executions: &[(String, i64)], steps: &[(String, i64)]) {
+        self.executions_by_state.reset();
+        for (status, n) in executions {
+            self.executions_by_state
+                .with_label_values(&[status])
+                .set(*n);
+        }
+        self.steps_by_state.reset();
+        for (status, n) in steps {
+            self.steps_by_state.with_label_values(&[status]).set(*n);
         }
     }
 

@@ -60,11 +60,18 @@ pub async fn readyz(db: web::Data<Db>) -> Result<HttpResponse> {
 }
 
 /// Prometheus metrics in the text exposition format: `dro_http_requests_total` by method, route
-/// and status, `dro_http_request_duration_seconds` histogram, and `dro_db_pool_*` gauges.
+/// and status, `dro_http_request_duration_seconds`, `dro_db_pool_*`, `dro_executions` and
+/// `dro_step_runs` by state (`ready` is the queue depth), `dro_step_attempts_total` and
+/// `dro_step_attempt_duration_seconds` by outcome, and `dro_step_claim_wait_seconds`.
 #[utoipa::path(get, path = "/metrics", tag = "health",
     responses((status = 200, description = "Prometheus text format", body = String,
         content_type = "text/plain; version=0.0.4")))]
 pub async fn metrics(metrics: web::Data<Metrics>, db: web::Data<Db>) -> HttpResponse {
+    // A database hiccup must not hide the HTTP and pool metrics: the state gauges keep their
+    // last values then.
+    if let Ok((executions, steps)) = db.run(crate::engine::store::state_counts).await {
+        metrics.set_states(&executions, &steps);
+    }
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
         .body(metrics.render(db.pool()))

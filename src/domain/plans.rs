@@ -252,8 +252,8 @@ pub fn check_spec(spec: &PlanSpec) -> Vec<FieldError> {
     if spec.steps.is_empty() {
         v.add("steps", "a plan has at least one step");
     }
-    if spec.steps.len() > 500 {
-        v.add("steps", "a plan has at most 500 steps");
+    if spec.steps.len() > 2000 {
+        v.add("steps", "a plan has at most 2000 steps");
     }
     let mut seen = HashMap::new();
     for (i, s) in spec.steps.iter().enumerate() {

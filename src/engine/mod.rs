@@ -132,6 +132,7 @@ impl Engine {
                     // Another worker may find more.
                     self.wake.notify_one();
                     for c in steps {
+                        self.metrics.observe_claim(c.waited_secs);
                         run::run_claimed(&self, c).await;
                     }
                 }

@@ -29,6 +29,15 @@ struct Prepared {
     credentials: BTreeMap<String, BTreeMap<String, String>>,
 }
 
+/// Every name the step's templates read.
+fn template_refs(templates: &TemplateEngine, step: &ResolvedStep) -> BTreeSet<String> {
+    string_leaves(&step.definition.params)
+        .into_iter()
+        .filter(|(_, text)| is_template(text))
+        .flat_map(|(_, text)| templates.references(&text).unwrap_or_default())
+        .collect()
+}
+
 /// The credentials a step reads: `credentials.<name>` in env templates and the `credentials` map.
 fn credential_names(templates: &TemplateEngine, step: &ResolvedStep) -> BTreeSet<String> {
     let mut names = BTreeSet::new();
@@ -61,8 +70,19 @@ fn prepare(conn: &mut PgConnection, engine: &Engine, c: &Claimed) -> Result<Prep
         .select(step_runs::step)
         .first(conn)?;
     let step: ResolvedStep = serde_json::from_value(raw).map_err(Error::internal)?;
-    let outputs = store::outputs_of(conn, c.execution_id)?;
-    let inventory = crate::db::plans::inventory(conn)?;
+    // Load only what the step's templates read: most steps read little, and a wide plan
+    // would otherwise reload every output for every step.
+    let refs = template_refs(&engine.templates, &step);
+    let outputs = if refs.iter().any(|r| r.starts_with("steps.")) {
+        store::outputs_of(conn, c.execution_id)?
+    } else {
+        BTreeMap::new()
+    };
+    let inventory = if refs.iter().any(|r| r.starts_with("resources.")) {
+        crate::db::plans::inventory(conn)?
+    } else {
+        Inventory::default()
+    };
     let mut creds = BTreeMap::new();
     for name in credential_names(&engine.templates, &step) {
         let found: Option<(uuid::Uuid, Option<String>)> = credentials::table

@@ -497,6 +497,9 @@ pub struct Claimed {
     pub key: String,
     #[diesel(sql_type = Integer)]
     pub attempt: i32,
+    /// How long the step was ready before a worker took it.
+    #[diesel(sql_type = diesel::sql_types::Double)]
+    pub waited_secs: f64,
 }
 
 /// Claims up to `limit` ready steps of running executions for `owner`, holding a lease of
@@ -519,7 +522,8 @@ pub fn claim(
              lease_expires_at = now() + make_interval(secs => $2),
              started_at = coalesce(sr.started_at, now()), error = NULL
          FROM picked WHERE sr.execution_id = picked.execution_id AND sr.key = picked.key
-         RETURNING sr.execution_id, sr.key, sr.attempt",
+         RETURNING sr.execution_id, sr.key, sr.attempt,
+             extract(epoch FROM now() - sr.next_attempt_at)::float8 AS waited_secs",
     )
     .bind::<Text, _>(owner)
     .bind::<Integer, _>(lease_secs)
@@ -984,4 +988,18 @@ pub fn retry_or_skip(
         release_dependents(conn, execution, &row.dependents)?;
         maybe_finish(conn, execution)
     }
+}
+
+/// Counts for the metrics endpoint: executions and step runs by state.
+pub fn state_counts(conn: &mut PgConnection) -> Result<(Vec<(String, i64)>, Vec<(String, i64)>)> {
+    use diesel::dsl::count_star;
+    let executions_by_state = executions::table
+        .group_by(executions::status)
+        .select((executions::status, count_star()))
+        .load(conn)?;
+    let steps_by_state = step_runs::table
+        .group_by(step_runs::status)
+        .select((step_runs::status, count_star()))
+        .load(conn)?;
+    Ok((executions_by_state, steps_by_state))
 }

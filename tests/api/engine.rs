@@ -527,6 +527,16 @@ async fn the_live_stream_and_the_report_tell_the_whole_story() {
         "{}",
         md.text
     );
+
+    let metrics = send(app.anonymous(Method::GET, "/metrics")).await.text;
+    for line in [
+        r#"dro_executions{status="succeeded"} 1"#,
+        r#"dro_step_runs{status="succeeded"} 2"#,
+        r#"dro_step_attempts_total{outcome="succeeded"} 2"#,
+        "dro_step_claim_wait_seconds_count 2",
+    ] {
+        assert!(metrics.contains(line), "missing `{line}` in\n{metrics}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
