@@ -990,8 +990,11 @@ pub fn retry_or_skip(
     }
 }
 
+/// How many rows are in each state.
+pub type StateCounts = Vec<(String, i64)>;
+
 /// Counts for the metrics endpoint: executions and step runs by state.
-pub fn state_counts(conn: &mut PgConnection) -> Result<(Vec<(String, i64)>, Vec<(String, i64)>)> {
+pub fn state_counts(conn: &mut PgConnection) -> Result<(StateCounts, StateCounts)> {
     use diesel::dsl::count_star;
     let executions_by_state = executions::table
         .group_by(executions::status)
