@@ -13,7 +13,7 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use diesel::prelude::*;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, Semaphore};
 
 use crate::crypto::MasterKey;
 use crate::db::Db;
@@ -89,10 +89,8 @@ impl Engine {
     /// they stop when the returned handles are aborted (or the runtime ends).
     pub fn start(self: &Arc<Self>) -> Vec<tokio::task::JoinHandle<()>> {
         let mut tasks = Vec::new();
-        for _ in 0..self.config.workers.max(1) {
-            let engine = self.clone();
-            tasks.push(tokio::spawn(async move { engine.work().await }));
-        }
+        let engine = self.clone();
+        tasks.push(tokio::spawn(async move { engine.dispatch().await }));
         let engine = self.clone();
         tasks.push(tokio::spawn(async move { engine.reap_loop().await }));
         // A plain thread, not a tokio blocking task, so that it never holds a runtime's
@@ -119,27 +117,45 @@ impl Engine {
         self.config.lease.as_secs().max(1) as i32
     }
 
-    async fn work(self: Arc<Self>) {
+    /// Claims as many ready steps as there are free workers, in one transaction, and runs
+    /// each on its own task; a finished step frees its worker and wakes the dispatcher at once.
+    async fn dispatch(self: Arc<Self>) {
+        let workers = Arc::new(Semaphore::new(self.config.workers.max(1)));
         loop {
+            let Ok(first) = workers.clone().acquire_owned().await else {
+                return;
+            };
+            let mut free = vec![first];
+            while let Ok(permit) = workers.clone().try_acquire_owned() {
+                free.push(permit);
+            }
             let owner = self.owner.clone();
             let lease = self.lease_secs();
+            let limit = free.len() as i32;
             let claimed = self
                 .db
-                .transaction(move |conn| store::claim(conn, &owner, lease, 1))
+                .transaction(move |conn| store::claim(conn, &owner, lease, limit))
                 .await;
             match claimed {
                 Ok(steps) if !steps.is_empty() => {
-                    // Another worker may find more.
-                    self.wake.notify_one();
                     for c in steps {
+                        let permit = free.pop().expect("claimed no more steps than free workers");
                         self.metrics.observe_claim(c.waited_secs);
-                        run::run_claimed(&self, c).await;
+                        let engine = self.clone();
+                        tokio::spawn(async move {
+                            run::run_claimed(&engine, c).await;
+                            drop(permit);
+                            engine.wake.notify_one();
+                        });
                     }
+                    drop(free);
                 }
                 Ok(_) => {
+                    drop(free);
                     let _ = tokio::time::timeout(self.config.poll, self.wake.notified()).await;
                 }
                 Err(e) => {
+                    drop(free);
                     tracing::warn!(error = %e, "claiming steps failed");
                     tokio::time::sleep(self.config.poll).await;
                 }
