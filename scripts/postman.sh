@@ -9,6 +9,9 @@
 # - Database: a new, uniquely named database on the PostgreSQL at 127.0.0.1:5432 (user
 #   postgres, trust auth), dropped at exit; when no server answers there, the service's
 #   embedded mode (DATABASE_URL unset: a private PostgreSQL under ./data of a temp dir).
+# - The service runs its executor pool (DRO_WORKERS, default 8; 0 would leave the Executions
+#   folder's drills waiting forever, so it is refused here).
+# - Requests are POSTMAN_DELAY_MS (default 100) apart: newman --delay-request.
 # - The service listens on a free port of 127.0.0.1 only; tokens come from its `token`
 #   subcommand with the same environment and working directory as `serve`.
 # Exits with newman's status.
@@ -25,6 +28,9 @@ PG_HOST=127.0.0.1
 PG_PORT=5432
 PG_USER=postgres
 READY_TIMEOUT_SECS=${READY_TIMEOUT_SECS:-60}
+# Pause between requests: the Executions folder polls running executions by repeating a request
+# (postman.setNextRequest, a bounded number of times), and this spaces the polls.
+POSTMAN_DELAY_MS=${POSTMAN_DELAY_MS:-100}
 
 log() { echo "postman.sh: $*" >&2; }
 
@@ -133,6 +139,11 @@ done
 BASE_URL="http://127.0.0.1:$PORT"
 export DRO_BIND="127.0.0.1:$PORT"
 export DRO_LOG="${DRO_LOG:-info}"
+export DRO_WORKERS="${DRO_WORKERS:-8}"
+if [ "$DRO_WORKERS" = 0 ]; then
+  log "DRO_WORKERS=0 runs no steps; the Executions folder needs an executor pool"
+  exit 1
+fi
 
 # --- start the service and wait until it is ready ------------------------------------------
 log "starting the service on $BASE_URL (log: $SERVICE_LOG)"
@@ -168,6 +179,7 @@ set +e
   --env-var "token=$ADMIN_TOKEN" \
   --env-var "viewerToken=$VIEWER_TOKEN" \
   --reporters cli \
+  --delay-request "$POSTMAN_DELAY_MS" \
   "$@"
 newman_status=$?
 set -e
