@@ -189,6 +189,8 @@ pub async fn start(
     let key = key.into_inner();
     let templates = engine.into_inner();
     let actor = user.subject.clone();
+    // Captured here: the request id lives on this task, not on the database thread.
+    let audit_actor = crate::db::audit::Actor::from_user(&user);
     let (row, created) = db
         .transaction(move |conn| {
             let plan = crate::db::plans::find(conn, &key)?;
@@ -250,6 +252,13 @@ pub async fn start(
             } else {
                 store::create(conn, new)?
             };
+            record(
+                conn,
+                &audit_actor,
+                "start",
+                &row,
+                json!({"mode": body.mode, "version": row.plan_version}),
+            )?;
             Ok((row, true))
         })
         .await?;
@@ -369,10 +378,45 @@ pub async fn get(_: Viewer, db: web::Data<Db>, id: web::Path<String>) -> Result<
     Ok(HttpResponse::Ok().json(load_view(&db, id).await?))
 }
 
-async fn steer(db: &Db, id: &str, action: Control, by: String) -> Result<HttpResponse> {
+/// Writes the audit row of an action on an execution.
+fn record(
+    conn: &mut PgConnection,
+    actor: &crate::db::audit::Actor,
+    action: &str,
+    e: &ExecutionRow,
+    details: Value,
+) -> Result<()> {
+    crate::db::audit::record(
+        conn,
+        actor,
+        crate::db::audit::AuditEntry {
+            action,
+            target_type: "execution",
+            target_id: Some(e.id),
+            target_name: Some(&e.plan_name),
+            details,
+        },
+    )
+}
+
+async fn steer(
+    db: &Db,
+    id: &str,
+    action: Control,
+    user: crate::auth::AuthUser,
+) -> Result<HttpResponse> {
     let id = parse_id(id)?;
-    db.transaction(move |conn| store::control(conn, id, action, &by))
-        .await?;
+    let actor = crate::db::audit::Actor::from_user(&user);
+    db.transaction(move |conn| {
+        let row = store::control(conn, id, action, &user.subject)?;
+        let name = match action {
+            Control::Cancel => "cancel",
+            Control::Pause => "pause",
+            Control::Resume => "resume",
+        };
+        record(conn, &actor, name, &row, json!({}))
+    })
+    .await?;
     Ok(HttpResponse::Ok().json(load_view(db, id).await?))
 }
 
@@ -390,7 +434,7 @@ macro_rules! control_endpoint {
             ),
             security(("bearer" = [])))]
         pub async fn $name(Operator(user): Operator, db: web::Data<Db>, id: web::Path<String>) -> Result<HttpResponse> {
-            steer(&db, &id, $action, user.subject).await
+            steer(&db, &id, $action, user).await
         }
     };
 }
@@ -431,15 +475,22 @@ async fn step_action(
     if comment.chars().count() > 2000 {
         return Err(Error::field("comment", "must be at most 2000 characters"));
     }
+    let actor = crate::db::audit::Actor::from_user(&user);
     db.transaction(move |conn| {
-        // The step must belong to this execution.
-        store::execution(conn, id)?;
+        let row = store::execution(conn, id)?;
         match action {
             "retry" => store::retry_or_skip(conn, id, &key, true, &user.subject),
             "skip" => store::retry_or_skip(conn, id, &key, false, &user.subject),
             "approve" => store::approve(conn, id, &key, true, &user.subject, user.role, &comment),
             _ => store::approve(conn, id, &key, false, &user.subject, user.role, &comment),
-        }
+        }?;
+        record(
+            conn,
+            &actor,
+            action,
+            &row,
+            json!({"step": key, "comment": comment}),
+        )
     })
     .await?;
     Ok(HttpResponse::Ok().json(load_view(db, id).await?))

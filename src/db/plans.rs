@@ -181,6 +181,27 @@ pub fn add_version(
 pub fn delete(conn: &mut PgConnection, key: &str, if_match: &IfMatch, actor: &Actor) -> Result<()> {
     let current = find_for_update(conn, key)?;
     if_match.check(current.latest_version)?;
+    let runs: Vec<(Uuid, String)> = super::schema::executions::table
+        .filter(super::schema::executions::plan_id.eq(current.id))
+        .order(super::schema::executions::created_at.desc())
+        .select((
+            super::schema::executions::id,
+            super::schema::executions::mode,
+        ))
+        .limit(20)
+        .load(conn)?;
+    if !runs.is_empty() {
+        return Err(Error::Conflict {
+            detail: format!(
+                "plan `{}` has executions; their records keep the plan (delete is refused so the history stays true)",
+                current.name
+            ),
+            referrers: runs
+                .into_iter()
+                .map(|(id, mode)| crate::error::Referrer { kind: "execution".into(), id, name: mode })
+                .collect(),
+        });
+    }
     diesel::delete(plans::table.find(current.id)).execute(conn)?;
     audit::record(
         conn,

@@ -413,6 +413,19 @@ async fn an_idempotency_key_returns_the_same_execution_and_failover_needs_confir
     assert_eq!(confirmed.body["mode"], "failover");
     let in_use = send(app.admin(Method::DELETE, "/api/v1/plans/p")).await;
     in_use.assert_problem(409, "conflict");
+    assert_eq!(in_use.body["referrers"][0]["kind"], "execution");
+    let audit = app.get("/api/v1/audit?target_type=execution").await;
+    let actions: Vec<&str> = audit.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        actions,
+        vec!["start", "start"],
+        "a repeated idempotent start is not a new mutation"
+    );
 }
 
 #[tokio::test]
