@@ -26,7 +26,8 @@ pub struct AuditEntryView {
     pub actor: String,
     #[schema(example = "admin")]
     pub actor_role: String,
-    /// `create`, `update` or `delete`.
+    /// `create`, `update` or `delete`; on executions also `start`, `cancel`, `pause`, `resume`,
+    /// `retry`, `skip`, `approve`, `reject`.
     #[schema(example = "update")]
     pub action: String,
     #[schema(example = "resource")]
@@ -76,7 +77,7 @@ pub struct AuditQuery {
     pub target_type: Option<String>,
     /// Only entries about this object.
     pub target_id: Option<Uuid>,
-    /// Only `create`, `update` or `delete`.
+    /// Only this action (`create`, `update`, `delete`, `start`, `approve`, ...).
     pub action: Option<String>,
     /// Page size, 1-200 (default 50).
     #[param(minimum = 1, maximum = 200)]

@@ -375,13 +375,13 @@ fn set_step(
             step_runs::error.eq(error),
             step_runs::lease_owner.eq(None::<String>),
             step_runs::lease_expires_at.eq(None::<chrono::DateTime<chrono::Utc>>),
+            step_runs::finished_at.eq(if finished {
+                Some(chrono::Utc::now())
+            } else {
+                row.finished_at
+            }),
         ))
         .execute(conn)?;
-    if finished {
-        diesel::update(step_runs::table.find((row.execution_id, &row.key)))
-            .set(step_runs::finished_at.eq(diesel::dsl::now))
-            .execute(conn)?;
-    }
     let kind = format!("step.{to}");
     let mut data = data;
     if let (Some(e), Value::Object(map)) = (error, &mut data) {
@@ -400,34 +400,46 @@ fn release_dependents(
     if dependents.is_empty() {
         return Ok(());
     }
-    diesel::update(
-        step_runs::table
-            .filter(step_runs::execution_id.eq(execution))
-            .filter(step_runs::key.eq_any(dependents))
-            .filter(step_runs::status.eq(StepStatus::Pending.as_str())),
-    )
-    .set(step_runs::pending_deps.eq(step_runs::pending_deps - 1))
-    .execute(conn)?;
-    let ready: Vec<String> = diesel::update(
-        step_runs::table
-            .filter(step_runs::execution_id.eq(execution))
-            .filter(step_runs::key.eq_any(dependents))
-            .filter(step_runs::status.eq(StepStatus::Pending.as_str()))
-            .filter(step_runs::pending_deps.le(0)),
-    )
-    .set((
-        step_runs::status.eq(StepStatus::Ready.as_str()),
-        step_runs::next_attempt_at.eq(diesel::dsl::now),
-    ))
-    .returning(step_runs::key)
-    .get_results(conn)?;
-    for key in &ready {
-        event(conn, execution, "step.ready", Some(key), json!({}))?;
+    #[derive(QueryableByName)]
+    struct Released {
+        #[diesel(sql_type = Text)]
+        key: String,
+        #[diesel(sql_type = Text)]
+        status: String,
     }
-    if !ready.is_empty() {
-        wake(conn)?;
+    let released: Vec<Released> = diesel::sql_query(
+        "UPDATE step_runs SET pending_deps = pending_deps - 1,
+             status = CASE WHEN pending_deps <= 1 THEN 'ready' ELSE status END,
+             next_attempt_at = CASE WHEN pending_deps <= 1 THEN now() ELSE next_attempt_at END
+         WHERE execution_id = $1 AND key = ANY($2) AND status = 'pending'
+         RETURNING key, status",
+    )
+    .bind::<SqlUuid, _>(execution)
+    .bind::<diesel::sql_types::Array<Text>, _>(dependents)
+    .load(conn)?;
+    let ready: Vec<&str> = released
+        .iter()
+        .filter(|r| r.status == StepStatus::Ready.as_str())
+        .map(|r| r.key.as_str())
+        .collect();
+    if ready.is_empty() {
+        return Ok(());
     }
-    Ok(())
+    let rows: Vec<_> = ready
+        .iter()
+        .map(|key| {
+            (
+                execution_events::execution_id.eq(execution),
+                execution_events::type_.eq("step.ready"),
+                execution_events::step_key.eq(Some(*key)),
+                execution_events::data.eq(json!({})),
+            )
+        })
+        .collect();
+    diesel::insert_into(execution_events::table)
+        .values(&rows)
+        .execute(conn)?;
+    wake(conn)
 }
 
 /// Ends a running execution when nothing can move any more: steps still pending then wait on
@@ -437,17 +449,18 @@ fn maybe_finish(conn: &mut PgConnection, execution: Uuid) -> Result<()> {
     if exec_status(&exec)? != ExecutionStatus::Running {
         return Ok(());
     }
-    let active: i64 = step_runs::table
-        .filter(step_runs::execution_id.eq(execution))
-        .filter(step_runs::status.eq_any([
-            StepStatus::Ready.as_str(),
-            StepStatus::Running.as_str(),
-            StepStatus::WaitingApproval.as_str(),
-            StepStatus::Interrupted.as_str(),
-        ]))
-        .count()
-        .get_result(conn)?;
-    if active > 0 {
+    let active: bool = diesel::select(diesel::dsl::exists(
+        step_runs::table
+            .filter(step_runs::execution_id.eq(execution))
+            .filter(step_runs::status.eq_any([
+                StepStatus::Ready.as_str(),
+                StepStatus::Running.as_str(),
+                StepStatus::WaitingApproval.as_str(),
+                StepStatus::Interrupted.as_str(),
+            ])),
+    ))
+    .get_result(conn)?;
+    if active {
         return Ok(());
     }
     let runs = step_runs_of(conn, execution)?;
@@ -529,14 +542,21 @@ pub fn claim(
     .bind::<Integer, _>(lease_secs)
     .bind::<Integer, _>(limit)
     .load(conn)?;
-    for c in &claimed {
-        event(
-            conn,
-            c.execution_id,
-            "step.started",
-            Some(&c.key),
-            json!({"attempt": c.attempt, "worker": owner}),
-        )?;
+    let rows: Vec<_> = claimed
+        .iter()
+        .map(|c| {
+            (
+                execution_events::execution_id.eq(c.execution_id),
+                execution_events::type_.eq("step.started"),
+                execution_events::step_key.eq(Some(c.key.as_str())),
+                execution_events::data.eq(json!({"attempt": c.attempt, "worker": owner})),
+            )
+        })
+        .collect();
+    if !rows.is_empty() {
+        diesel::insert_into(execution_events::table)
+            .values(&rows)
+            .execute(conn)?;
     }
     Ok(claimed)
 }
