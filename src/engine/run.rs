@@ -115,8 +115,26 @@ fn prepare(conn: &mut PgConnection, engine: &Engine, c: &Claimed) -> Result<Prep
     })
 }
 
-/// Runs a claimed step to its outcome and records it.
+/// Runs a claimed step to its outcome and records it; then runs the step its finish handed
+/// over (a dependent it made ready), and so on, on the same worker.
 pub async fn run_claimed(engine: &Arc<Engine>, c: Claimed) {
+    let mut next = run_one(engine, c).await;
+    while let Some(c) = next.take() {
+        engine.metrics.observe_claim(c.waited_secs);
+        if engine.is_stopped() {
+            // Shutting down: give the handed-over step back rather than leave it to lapse.
+            let owner = engine.owner.clone();
+            let _ = engine
+                .db
+                .transaction(move |conn| store::release(conn, &c, &owner))
+                .await;
+            return;
+        }
+        next = run_one(engine, c).await;
+    }
+}
+
+async fn run_one(engine: &Arc<Engine>, c: Claimed) -> Option<Claimed> {
     let started = Instant::now();
     let prepared = {
         let engine2 = engine.clone();
@@ -141,15 +159,20 @@ pub async fn run_claimed(engine: &Arc<Engine>, c: Claimed) {
         Outcome::AwaitApproval { .. } => "waiting_approval",
     };
     let owner = engine.owner.clone();
+    let lease = engine.config.lease.as_secs().max(1) as i32;
     let claim = c.clone();
-    if let Err(e) = engine
+    let recorded = engine
         .db
-        .transaction(move |conn| store::finish(conn, &claim, &owner, outcome))
-        .await
-    {
-        tracing::error!(error = %e, execution = %c.execution_id, step = %c.key, "recording a step's outcome failed");
-    }
+        .transaction(move |conn| store::finish(conn, &claim, &owner, lease, outcome))
+        .await;
     engine.metrics.observe_step(kind, started.elapsed());
+    match recorded {
+        Ok(next) => next,
+        Err(e) => {
+            tracing::error!(error = %e, execution = %c.execution_id, step = %c.key, "recording a step's outcome failed");
+            None
+        }
+    }
 }
 
 async fn attempt(engine: &Arc<Engine>, c: &Claimed, p: Prepared) -> Outcome {

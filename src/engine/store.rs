@@ -375,11 +375,14 @@ fn set_step(
             step_runs::error.eq(error),
             step_runs::lease_owner.eq(None::<String>),
             step_runs::lease_expires_at.eq(None::<chrono::DateTime<chrono::Utc>>),
-            step_runs::finished_at.eq(if finished {
-                Some(chrono::Utc::now())
+            // The database's clock, as for every other timestamp of the engine.
+            step_runs::finished_at.eq(diesel::dsl::sql::<
+                diesel::sql_types::Nullable<diesel::sql_types::Timestamptz>,
+            >(if finished {
+                "now()"
             } else {
-                row.finished_at
-            }),
+                "finished_at"
+            })),
         ))
         .execute(conn)?;
     let kind = format!("step.{to}");
@@ -396,9 +399,9 @@ fn release_dependents(
     conn: &mut PgConnection,
     execution: Uuid,
     dependents: &[String],
-) -> Result<()> {
+) -> Result<Vec<String>> {
     if dependents.is_empty() {
-        return Ok(());
+        return Ok(Vec::new());
     }
     #[derive(QueryableByName)]
     struct Released {
@@ -423,7 +426,7 @@ fn release_dependents(
         .map(|r| r.key.as_str())
         .collect();
     if ready.is_empty() {
-        return Ok(());
+        return Ok(Vec::new());
     }
     let rows: Vec<_> = ready
         .iter()
@@ -439,7 +442,8 @@ fn release_dependents(
     diesel::insert_into(execution_events::table)
         .values(&rows)
         .execute(conn)?;
-    wake(conn)
+    wake(conn)?;
+    Ok(ready.into_iter().map(str::to_owned).collect())
 }
 
 /// Ends a running execution when nothing can move any more: steps still pending then wait on
@@ -523,11 +527,28 @@ pub fn claim(
     lease_secs: i32,
     limit: i32,
 ) -> Result<Vec<Claimed>> {
+    claim_among(conn, owner, lease_secs, limit, None)
+}
+
+/// Claims like `claim`, optionally only among some steps of one execution (a worker that just
+/// made them ready takes one of them over at once).
+fn claim_among(
+    conn: &mut PgConnection,
+    owner: &str,
+    lease_secs: i32,
+    limit: i32,
+    among: Option<(Uuid, &[String])>,
+) -> Result<Vec<Claimed>> {
+    let (execution, keys) = match among {
+        Some((execution, keys)) => (Some(execution), keys.to_vec()),
+        None => (None, Vec::new()),
+    };
     let claimed: Vec<Claimed> = diesel::sql_query(
         "WITH picked AS (
              SELECT sr.execution_id, sr.key FROM step_runs sr
              JOIN executions e ON e.id = sr.execution_id
              WHERE sr.status = 'ready' AND sr.next_attempt_at <= now() AND e.status = 'running'
+               AND ($4::uuid IS NULL OR (sr.execution_id = $4 AND sr.key = ANY($5)))
              ORDER BY sr.next_attempt_at, sr.position
              LIMIT $3
              FOR UPDATE OF sr SKIP LOCKED)
@@ -541,6 +562,8 @@ pub fn claim(
     .bind::<Text, _>(owner)
     .bind::<Integer, _>(lease_secs)
     .bind::<Integer, _>(limit)
+    .bind::<diesel::sql_types::Nullable<SqlUuid>, _>(execution)
+    .bind::<diesel::sql_types::Array<Text>, _>(keys)
     .load(conn)?;
     let rows: Vec<_> = claimed
         .iter()
@@ -559,6 +582,31 @@ pub fn claim(
             .execute(conn)?;
     }
     Ok(claimed)
+}
+
+/// Gives back a claimed step that never started: ready again, the attempt not counted.
+pub fn release(conn: &mut PgConnection, c: &Claimed, owner: &str) -> Result<()> {
+    diesel::update(
+        step_runs::table
+            .find((c.execution_id, &c.key))
+            .filter(step_runs::lease_owner.eq(owner))
+            .filter(step_runs::status.eq(StepStatus::Running.as_str())),
+    )
+    .set((
+        step_runs::status.eq(StepStatus::Ready.as_str()),
+        step_runs::attempt.eq(step_runs::attempt - 1),
+        step_runs::lease_owner.eq(None::<String>),
+        step_runs::lease_expires_at.eq(None::<chrono::DateTime<chrono::Utc>>),
+    ))
+    .execute(conn)?;
+    event(
+        conn,
+        c.execution_id,
+        "step.released",
+        Some(&c.key),
+        json!({"worker": owner}),
+    )?;
+    wake(conn)
 }
 
 /// Renews a lease; false when the step is no longer this worker's to run (cancelled,
@@ -603,7 +651,14 @@ pub enum Outcome {
 }
 
 /// Records the end of an attempt, if the worker still holds the step, and moves the graph on.
-pub fn finish(conn: &mut PgConnection, c: &Claimed, owner: &str, outcome: Outcome) -> Result<()> {
+/// Returns the step this worker should run next, when finishing made one ready and it took it.
+pub fn finish(
+    conn: &mut PgConnection,
+    c: &Claimed,
+    owner: &str,
+    lease_secs: i32,
+    outcome: Outcome,
+) -> Result<Option<Claimed>> {
     execution_for_update(conn, c.execution_id)?;
     let row = step_for_update(conn, c.execution_id, &c.key)?;
     if row.status != StepStatus::Running.as_str()
@@ -611,7 +666,7 @@ pub fn finish(conn: &mut PgConnection, c: &Claimed, owner: &str, outcome: Outcom
         || row.attempt != c.attempt
     {
         // Lost the lease meanwhile (cancelled or reclaimed): whoever holds it decides.
-        return Ok(());
+        return Ok(None);
     }
     let step: ResolvedStep = serde_json::from_value(row.step.clone()).map_err(Error::internal)?;
     match outcome {
@@ -629,8 +684,14 @@ pub fn finish(conn: &mut PgConnection, c: &Claimed, owner: &str, outcome: Outcom
                 None,
                 json!({"attempt": row.attempt, "exit_code": exit_code}),
             )?;
-            release_dependents(conn, row.execution_id, &row.dependents)?;
-            maybe_finish(conn, row.execution_id)
+            let ready = release_dependents(conn, row.execution_id, &row.dependents)?;
+            maybe_finish(conn, row.execution_id)?;
+            if ready.is_empty() {
+                return Ok(None);
+            }
+            // Hand over: take one of the steps this one just made ready, in this same
+            // transaction (a chain then runs without a trip through the dispatcher).
+            Ok(claim_among(conn, owner, lease_secs, 1, Some((row.execution_id, &ready)))?.pop())
         }
         Outcome::Cancelled => {
             set_step(
@@ -640,7 +701,8 @@ pub fn finish(conn: &mut PgConnection, c: &Claimed, owner: &str, outcome: Outcom
                 Some("cancelled"),
                 json!({"attempt": row.attempt}),
             )?;
-            maybe_finish(conn, row.execution_id)
+            maybe_finish(conn, row.execution_id)?;
+            Ok(None)
         }
         Outcome::AwaitApproval { deadline_secs } => {
             diesel::sql_query(
@@ -663,7 +725,8 @@ pub fn finish(conn: &mut PgConnection, c: &Claimed, owner: &str, outcome: Outcom
                 "approval.required",
                 Some(&row.key),
                 step.definition.params,
-            )
+            )?;
+            Ok(None)
         }
         Outcome::Failed {
             error,
@@ -693,7 +756,8 @@ pub fn finish(conn: &mut PgConnection, c: &Claimed, owner: &str, outcome: Outcom
                     Some(&error),
                     json!({"attempt": row.attempt, "retry_in_secs": delay}),
                 )?;
-                return wake(conn);
+                wake(conn)?;
+                return Ok(None);
             }
             set_step(
                 conn,
@@ -702,7 +766,8 @@ pub fn finish(conn: &mut PgConnection, c: &Claimed, owner: &str, outcome: Outcom
                 Some(&error),
                 json!({"attempt": row.attempt, "exit_code": exit_code}),
             )?;
-            apply_on_failure(conn, &row, step.on_failure)
+            apply_on_failure(conn, &row, step.on_failure)?;
+            Ok(None)
         }
     }
 }

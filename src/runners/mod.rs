@@ -70,6 +70,12 @@ async fn wait(mut attempt: Attempt) -> Outcome {
         .get("duration")
         .and_then(|v| serde_json::from_value(v.clone()).ok())
         .unwrap_or_default();
+    if duration.as_secs() == 0 {
+        return Outcome::Succeeded {
+            outputs: Map::new(),
+            exit_code: None,
+        };
+    }
     tokio::select! {
         _ = tokio::time::sleep(duration.std()) => Outcome::Succeeded { outputs: Map::new(), exit_code: None },
         _ = cancelled(&mut attempt.cancel) => Outcome::Cancelled,
