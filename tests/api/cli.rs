@@ -263,3 +263,141 @@ fn token_refuses_a_bad_role_or_ttl() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("256"));
 }
+
+/// Starts `serve` on an external database with shared secrets; waits for `/readyz`.
+async fn serve_on(url: &str, jwt: &str, key: &str) -> (KillOnDrop, String) {
+    let port = free_port();
+    let child = bare_command(&std::env::temp_dir())
+        .arg("serve")
+        .env("DATABASE_URL", url)
+        .env("DRO_JWT_SECRET", jwt)
+        .env("DRO_MASTER_KEY", key)
+        .env("DRO_BIND", format!("127.0.0.1:{port}"))
+        .env("DRO_HTTP_WORKERS", "1")
+        .env("DRO_WORKERS", "2")
+        .env("DRO_LEASE_SECS", "3")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let child = KillOnDrop(child);
+    let base = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !reqwest::get(format!("{base}/readyz"))
+        .await
+        .is_ok_and(|r| r.status() == reqwest::StatusCode::OK)
+    {
+        assert!(Instant::now() < deadline, "serve did not become ready");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    (child, base)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_instance_that_runs_a_script_pauses_the_execution_on_the_survivor() {
+    let db = crate::common::TestDb::new();
+    let jwt = "a-shared-secret-for-two-instances-0123456789";
+    let key = dr_orchestrator::crypto::MasterKey::generate_base64();
+    let (mut first, a) = serve_on(&db.url, jwt, &key).await;
+    let (_second, b) = serve_on(&db.url, jwt, &key).await;
+    let token = dr_orchestrator::auth::JwtKeys::new(jwt.as_bytes()).issue(
+        "ops",
+        dr_orchestrator::auth::Role::Admin,
+        chrono::Duration::minutes(10),
+    );
+    let client = reqwest::Client::new();
+    let post = |url: String, body: serde_json::Value| {
+        client.post(url).bearer_auth(&token).json(&body).send()
+    };
+    let r = post(format!("{a}/api/v1/steps"), serde_json::json!({"name": "long", "kind": "local_script", "params": {"script": "sleep 6004"}})).await.unwrap();
+    assert_eq!(r.status(), 201);
+    let r = post(
+        format!("{a}/api/v1/plans"),
+        serde_json::json!({"name": "p", "steps": [{"key": "l", "step": "long"}]}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 201);
+    let r = post(
+        format!("{a}/api/v1/plans/p/executions"),
+        serde_json::json!({"mode": "drill"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 201);
+    let id = r.json::<serde_json::Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // Find which instance took the step (its worker id carries its pid) and kill -9 it.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let worker = loop {
+        let events: serde_json::Value = client
+            .get(format!("{b}/api/v1/executions/{id}/events"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let started = events
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["type"] == "step.started")
+            .cloned();
+        if let Some(e) = started {
+            break e["data"]["worker"].as_str().unwrap().to_owned();
+        }
+        assert!(Instant::now() < deadline, "the step never started");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let pid: i32 = worker.split(':').nth(1).unwrap().parse().unwrap();
+    let (survivor, victim_is_first) = if pid == first.0.id() as i32 {
+        (b.clone(), true)
+    } else {
+        (a.clone(), false)
+    };
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    if victim_is_first {
+        let _ = first.0.wait();
+    }
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let execution = loop {
+        let e: serde_json::Value = client
+            .get(format!("{survivor}/api/v1/executions/{id}"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if e["status"] == "paused" {
+            break e;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the survivor never reclaimed the step: {e}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(
+        execution["steps"][0]["status"], "interrupted",
+        "{execution}"
+    );
+    assert!(execution["pause_reason"]
+        .as_str()
+        .unwrap()
+        .contains("interrupted"));
+    let _ = std::process::Command::new("pkill")
+        .args(["-f", "sleep 6004"])
+        .status();
+}
