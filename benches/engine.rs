@@ -73,14 +73,40 @@ fn plan_of(keys: Vec<(String, Vec<String>)>) -> PlanSpec {
 
 /// Creates a plan version with `spec` and runs it once; seconds from start to finish.
 async fn run_plan(db: &Db, templates: &TemplateEngine, spec: PlanSpec) -> f64 {
-    let noop = validate_step(
+    run_plan_with(
+        db,
         templates,
+        spec,
         StepKind::Wait,
-        &json!({"duration": "0s"}),
-        StepOptions::default(),
-        "params",
+        json!({"duration": "0s"}),
     )
-    .unwrap();
+    .await
+}
+
+/// This process's resident memory and its high-water mark, in bytes.
+fn memory() -> (u64, u64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|kb| kb.parse::<u64>().ok())
+            .unwrap_or(0)
+            * 1024
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// Runs `spec` with every step being one definition of `kind` with `params`.
+async fn run_plan_with(
+    db: &Db,
+    templates: &TemplateEngine,
+    spec: PlanSpec,
+    kind: StepKind,
+    params: serde_json::Value,
+) -> f64 {
+    let noop = validate_step(templates, kind, &params, StepOptions::default(), "params").unwrap();
     let step_id = Uuid::new_v4();
     let catalog = move |_: &str| {
         Some(CatalogStep {
@@ -212,6 +238,18 @@ fn bench(url: &str) {
         let wide_secs = run_plan(&db, &templates, plan_of(wide)).await;
         let wide_floor = commit_floor(url, 1000, WORKERS);
 
+        // 50 MB of output from one local script: stored throughput and memory growth.
+        let (rss_before, _) = memory();
+        let loud_secs = run_plan_with(
+            &db,
+            &templates,
+            plan_of(vec![("loud".into(), vec![])]),
+            StepKind::LocalScript,
+            json!({"script": "head -c 50000000 /dev/zero | tr '\\0' 'x' | fold -w 1000"}),
+        )
+        .await;
+        let (_, peak) = memory();
+
         engine.stop();
         for t in tasks {
             t.abort();
@@ -220,6 +258,13 @@ fn bench(url: &str) {
         let floor_ms = chain_floor * 1000.0 / 200.0;
         println!("engine benchmark ({} workers, {} cores)", WORKERS, std::thread::available_parallelism().map_or(0, |n| n.get()));
         println!("chain of 200 no-op steps: {chain_secs:.3} s = {per_step_ms:.2} ms per step; floor (200 sequential commits): {floor_ms:.2} ms per commit; ratio {:.1}x", per_step_ms / floor_ms);
+        println!(
+            "50 MB of script output stored in {loud_secs:.2} s = {:.1} MB/s; resident memory grew by at most {:.1} MB (peak {:.1} MB, before {:.1} MB)",
+            50.0 / loud_secs,
+            peak.saturating_sub(rss_before) as f64 / 1e6,
+            peak as f64 / 1e6,
+            rss_before as f64 / 1e6
+        );
         println!("1000 independent no-op steps: {wide_secs:.3} s = {:.0} steps/s; floor (1000 commits over {WORKERS} connections): {:.0} commits/s; ratio {:.1}x", 1000.0 / wide_secs, 1000.0 / wide_floor, wide_secs / wide_floor);
     });
 }

@@ -55,6 +55,11 @@ pub struct Engine {
     pub owner: String,
     pub wake: Notify,
     stopped: AtomicBool,
+    /// What never changes about an execution (plan, version, mode, params), by id: most steps
+    /// then need no database read before they run.
+    facts: std::sync::Mutex<
+        std::collections::HashMap<uuid::Uuid, Arc<crate::db::models::ExecutionRow>>,
+    >,
 }
 
 impl Engine {
@@ -82,6 +87,7 @@ impl Engine {
             ),
             wake: Notify::new(),
             stopped: AtomicBool::new(false),
+            facts: Default::default(),
         })
     }
 
@@ -111,6 +117,21 @@ impl Engine {
 
     pub fn is_stopped(&self) -> bool {
         self.stopped.load(Ordering::SeqCst)
+    }
+
+    /// The cached facts of an execution, if seen before.
+    pub(crate) fn facts(&self, id: uuid::Uuid) -> Option<Arc<crate::db::models::ExecutionRow>> {
+        self.facts.lock().ok()?.get(&id).cloned()
+    }
+
+    pub(crate) fn remember(&self, row: Arc<crate::db::models::ExecutionRow>) {
+        if let Ok(mut facts) = self.facts.lock() {
+            // A bound on memory: executions are few; start over when many were seen.
+            if facts.len() >= 1024 {
+                facts.clear();
+            }
+            facts.insert(row.id, row);
+        }
     }
 
     fn lease_secs(&self) -> i32 {

@@ -12,7 +12,7 @@ use tokio::sync::watch;
 use super::store::{self, Claimed, Outcome};
 use super::Engine;
 use crate::db::models::ExecutionRow;
-use crate::db::schema::{credentials, step_runs};
+use crate::db::schema::credentials;
 use crate::domain::plans::{render_for_run, Inventory, Mode, ResolvedStep, RuntimeContext};
 use crate::domain::steps::{reads_credentials, string_leaves, StepKind};
 use crate::domain::templates::{is_template, TemplateEngine};
@@ -21,7 +21,7 @@ use crate::runners::{self, Attempt, LogSink};
 
 /// What an attempt needs from the database.
 struct Prepared {
-    execution: ExecutionRow,
+    execution: Arc<ExecutionRow>,
     step: ResolvedStep,
     outputs: BTreeMap<String, Value>,
     inventory: Inventory,
@@ -63,28 +63,58 @@ fn credential_names(templates: &TemplateEngine, step: &ResolvedStep) -> BTreeSet
     names
 }
 
-fn prepare(conn: &mut PgConnection, engine: &Engine, c: &Claimed) -> Result<Prepared> {
-    let execution = store::execution(conn, c.execution_id)?;
-    let raw: Value = step_runs::table
-        .find((c.execution_id, &c.key))
-        .select(step_runs::step)
-        .first(conn)?;
-    let step: ResolvedStep = serde_json::from_value(raw).map_err(Error::internal)?;
-    // Load only what the step's templates read: most steps read little, and a wide plan
-    // would otherwise reload every output for every step.
-    let refs = template_refs(&engine.templates, &step);
-    let outputs = if refs.iter().any(|r| r.starts_with("steps.")) {
+/// What a step reads besides its own definition.
+struct Needs {
+    outputs: bool,
+    inventory: bool,
+    credentials: BTreeSet<String>,
+}
+
+impl Needs {
+    fn of(templates: &TemplateEngine, step: &ResolvedStep) -> Self {
+        let refs = template_refs(templates, step);
+        Self {
+            outputs: refs.iter().any(|r| r.starts_with("steps.")),
+            inventory: refs.iter().any(|r| r.starts_with("resources.")),
+            credentials: credential_names(templates, step),
+        }
+    }
+
+    fn nothing(&self) -> bool {
+        !self.outputs && !self.inventory && self.credentials.is_empty()
+    }
+}
+
+/// Loads what the step reads (only that: a wide plan would otherwise reload every output for
+/// every step), decrypting the credentials it injects.
+fn prepare(
+    conn: &mut PgConnection,
+    engine: &Engine,
+    c: &Claimed,
+    step: ResolvedStep,
+    needs: &Needs,
+    cached: Option<Arc<ExecutionRow>>,
+) -> Result<Prepared> {
+    let execution = match cached {
+        Some(row) => row,
+        None => {
+            let row = Arc::new(store::execution(conn, c.execution_id)?);
+            engine.remember(row.clone());
+            row
+        }
+    };
+    let outputs = if needs.outputs {
         store::outputs_of(conn, c.execution_id)?
     } else {
         BTreeMap::new()
     };
-    let inventory = if refs.iter().any(|r| r.starts_with("resources.")) {
+    let inventory = if needs.inventory {
         crate::db::plans::inventory(conn)?
     } else {
         Inventory::default()
     };
     let mut creds = BTreeMap::new();
-    for name in credential_names(&engine.templates, &step) {
+    for name in needs.credentials.iter().cloned() {
         let found: Option<(uuid::Uuid, Option<String>)> = credentials::table
             .filter(credentials::name.eq(&name))
             .select((credentials::id, credentials::username))
@@ -136,13 +166,30 @@ pub async fn run_claimed(engine: &Arc<Engine>, c: Claimed) {
 
 async fn run_one(engine: &Arc<Engine>, c: Claimed) -> Option<Claimed> {
     let started = Instant::now();
-    let prepared = {
-        let engine2 = engine.clone();
-        let claim = c.clone();
-        engine
-            .db
-            .run(move |conn| prepare(conn, &engine2, &claim))
-            .await
+    let prepared = match serde_json::from_value::<ResolvedStep>(c.step.clone()) {
+        Err(e) => Err(Error::internal(e)),
+        Ok(step) => {
+            let needs = Needs::of(&engine.templates, &step);
+            let cached = engine.facts(c.execution_id);
+            match cached {
+                // The common case: nothing to read, no database round trip.
+                Some(execution) if needs.nothing() => Ok(Prepared {
+                    execution,
+                    step,
+                    outputs: BTreeMap::new(),
+                    inventory: Inventory::default(),
+                    credentials: BTreeMap::new(),
+                }),
+                cached => {
+                    let engine2 = engine.clone();
+                    let claim = c.clone();
+                    engine
+                        .db
+                        .run(move |conn| prepare(conn, &engine2, &claim, step, &needs, cached))
+                        .await
+                }
+            }
+        }
     };
     let outcome = match prepared {
         Ok(p) => attempt(engine, &c, p).await,

@@ -517,6 +517,9 @@ pub struct Claimed {
     /// How long the step was ready before a worker took it.
     #[diesel(sql_type = diesel::sql_types::Double)]
     pub waited_secs: f64,
+    /// The resolved (pinned) step.
+    #[diesel(sql_type = diesel::sql_types::Jsonb)]
+    pub step: Value,
 }
 
 /// Claims up to `limit` ready steps of running executions for `owner`, holding a lease of
@@ -556,7 +559,7 @@ fn claim_among(
              lease_expires_at = now() + make_interval(secs => $2),
              started_at = coalesce(sr.started_at, now()), error = NULL
          FROM picked WHERE sr.execution_id = picked.execution_id AND sr.key = picked.key
-         RETURNING sr.execution_id, sr.key, sr.attempt,
+         RETURNING sr.execution_id, sr.key, sr.attempt, sr.step,
              extract(epoch FROM now() - sr.next_attempt_at)::float8 AS waited_secs",
     )
     .bind::<Text, _>(owner)
