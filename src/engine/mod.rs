@@ -13,7 +13,7 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use diesel::prelude::*;
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::{mpsc, oneshot, Notify, Semaphore};
 
 use crate::crypto::MasterKey;
 use crate::db::Db;
@@ -60,7 +60,20 @@ pub struct Engine {
     facts: std::sync::Mutex<
         std::collections::HashMap<uuid::Uuid, Arc<crate::db::models::ExecutionRow>>,
     >,
+    /// Outcomes waiting to be recorded; the recorder commits them in batches.
+    outcomes: mpsc::Sender<Recording>,
+    outcomes_rx: std::sync::Mutex<Option<mpsc::Receiver<Recording>>>,
 }
+
+/// One outcome to record, and where to send what the worker runs next.
+type Recording = (
+    store::Claimed,
+    store::Outcome,
+    oneshot::Sender<crate::error::Result<Option<store::Claimed>>>,
+);
+
+/// Most outcomes one transaction records.
+const RECORD_BATCH: usize = 32;
 
 impl Engine {
     pub fn new(
@@ -74,6 +87,7 @@ impl Engine {
             .ok()
             .and_then(|h| h.into_string().ok())
             .unwrap_or_else(|| "host".into());
+        let (tx, rx) = mpsc::channel(1024);
         Arc::new(Self {
             db,
             templates,
@@ -88,6 +102,8 @@ impl Engine {
             wake: Notify::new(),
             stopped: AtomicBool::new(false),
             facts: Default::default(),
+            outcomes: tx,
+            outcomes_rx: std::sync::Mutex::new(Some(rx)),
         })
     }
 
@@ -99,6 +115,10 @@ impl Engine {
         tasks.push(tokio::spawn(async move { engine.dispatch().await }));
         let engine = self.clone();
         tasks.push(tokio::spawn(async move { engine.reap_loop().await }));
+        if let Some(rx) = self.outcomes_rx.lock().ok().and_then(|mut r| r.take()) {
+            let engine = self.clone();
+            tasks.push(tokio::spawn(async move { engine.recorder(rx).await }));
+        }
         // A plain thread, not a tokio blocking task, so that it never holds a runtime's
         // shutdown; it ends when the engine is stopped or dropped.
         let weak = Arc::downgrade(self);
@@ -117,6 +137,70 @@ impl Engine {
 
     pub fn is_stopped(&self) -> bool {
         self.stopped.load(Ordering::SeqCst)
+    }
+
+    /// Records a step's outcome (batched with others' into one transaction, each in its own
+    /// savepoint); returns the step handed over to this worker, if any.
+    pub async fn record(
+        &self,
+        c: store::Claimed,
+        outcome: store::Outcome,
+    ) -> Option<store::Claimed> {
+        let (reply, answer) = oneshot::channel();
+        let key = c.key.clone();
+        if self.outcomes.send((c, outcome, reply)).await.is_err() {
+            return None;
+        }
+        match answer.await {
+            Ok(Ok(next)) => next,
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, step = %key, "recording a step's outcome failed");
+                None
+            }
+            Err(_) => None,
+        }
+    }
+
+    async fn recorder(self: Arc<Self>, mut rx: mpsc::Receiver<Recording>) {
+        while let Some(first) = rx.recv().await {
+            let mut batch = vec![first];
+            while batch.len() < RECORD_BATCH {
+                match rx.try_recv() {
+                    Ok(more) => batch.push(more),
+                    Err(_) => break,
+                }
+            }
+            let owner = self.owner.clone();
+            let lease = self.lease_secs();
+            let work: Vec<_> = batch
+                .iter()
+                .map(|(c, o, _)| (c.clone(), o.clone()))
+                .collect();
+            let results = self
+                .db
+                .transaction(move |conn| {
+                    Ok(work
+                        .into_iter()
+                        .map(|(c, outcome)| {
+                            conn.transaction(|conn| store::finish(conn, &c, &owner, lease, outcome))
+                        })
+                        .collect::<Vec<_>>())
+                })
+                .await;
+            match results {
+                Ok(results) => {
+                    for ((_, _, reply), result) in batch.into_iter().zip(results) {
+                        let _ = reply.send(result);
+                    }
+                }
+                Err(e) => {
+                    let message = e.to_string();
+                    for (_, _, reply) in batch {
+                        let _ = reply.send(Err(crate::error::Error::internal(&message)));
+                    }
+                }
+            }
+        }
     }
 
     /// The cached facts of an execution, if seen before.

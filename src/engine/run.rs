@@ -205,21 +205,9 @@ async fn run_one(engine: &Arc<Engine>, c: Claimed) -> Option<Claimed> {
         Outcome::Cancelled => "cancelled",
         Outcome::AwaitApproval { .. } => "waiting_approval",
     };
-    let owner = engine.owner.clone();
-    let lease = engine.config.lease.as_secs().max(1) as i32;
-    let claim = c.clone();
-    let recorded = engine
-        .db
-        .transaction(move |conn| store::finish(conn, &claim, &owner, lease, outcome))
-        .await;
+    let next = engine.record(c, outcome).await;
     engine.metrics.observe_step(kind, started.elapsed());
-    match recorded {
-        Ok(next) => next,
-        Err(e) => {
-            tracing::error!(error = %e, execution = %c.execution_id, step = %c.key, "recording a step's outcome failed");
-            None
-        }
-    }
+    next
 }
 
 async fn attempt(engine: &Arc<Engine>, c: &Claimed, p: Prepared) -> Outcome {

@@ -448,11 +448,8 @@ fn release_dependents(
 
 /// Ends a running execution when nothing can move any more: steps still pending then wait on
 /// a failed dependency and are skipped as blocked.
+/// Callers hold the execution's lock.
 fn maybe_finish(conn: &mut PgConnection, execution: Uuid) -> Result<()> {
-    let exec = execution_for_update(conn, execution)?;
-    if exec_status(&exec)? != ExecutionStatus::Running {
-        return Ok(());
-    }
     let active: bool = diesel::select(diesel::dsl::exists(
         step_runs::table
             .filter(step_runs::execution_id.eq(execution))
@@ -465,6 +462,10 @@ fn maybe_finish(conn: &mut PgConnection, execution: Uuid) -> Result<()> {
     ))
     .get_result(conn)?;
     if active {
+        return Ok(());
+    }
+    let exec = execution_for_update(conn, execution)?;
+    if exec_status(&exec)? != ExecutionStatus::Running {
         return Ok(());
     }
     let runs = step_runs_of(conn, execution)?;
@@ -674,17 +675,26 @@ pub fn finish(
     let step: ResolvedStep = serde_json::from_value(row.step.clone()).map_err(Error::internal)?;
     match outcome {
         Outcome::Succeeded { outputs, exit_code } => {
+            // One statement for the result and the state (running -> succeeded is allowed).
+            debug_assert!(StepStatus::Running.can_transition(StepStatus::Succeeded));
             diesel::update(step_runs::table.find((row.execution_id, &row.key)))
                 .set((
                     step_runs::outputs.eq(Value::Object(outputs)),
                     step_runs::exit_code.eq(exit_code),
+                    step_runs::status.eq(StepStatus::Succeeded.as_str()),
+                    step_runs::error.eq(None::<String>),
+                    step_runs::lease_owner.eq(None::<String>),
+                    step_runs::lease_expires_at.eq(None::<chrono::DateTime<chrono::Utc>>),
+                    step_runs::finished_at.eq(diesel::dsl::sql::<
+                        diesel::sql_types::Nullable<diesel::sql_types::Timestamptz>,
+                    >("now()")),
                 ))
                 .execute(conn)?;
-            set_step(
+            event(
                 conn,
-                &row,
-                StepStatus::Succeeded,
-                None,
+                row.execution_id,
+                "step.succeeded",
+                Some(&row.key),
                 json!({"attempt": row.attempt, "exit_code": exit_code}),
             )?;
             let ready = release_dependents(conn, row.execution_id, &row.dependents)?;
