@@ -123,7 +123,13 @@ async fn run_plan_with(
             definition: noop.clone(),
         })
     };
-    let (resolved, report) = plans::validate(templates, &spec, &catalog, &Inventory::default());
+    let (resolved, report) = plans::validate(
+        templates,
+        &spec,
+        &catalog,
+        &Inventory::default(),
+        &Default::default(),
+    );
     assert!(report.valid, "{:?}", report.errors);
     let resolved = resolved.unwrap();
     let plan_id = db

@@ -222,7 +222,13 @@ pub async fn start(
             let params =
                 domain::check_params(&spec.parameters, &body.params).map_err(Error::Validation)?;
             let inventory = crate::db::plans::inventory(conn)?;
-            let report = domain::validate_resolved(&templates, &spec, &resolved, &inventory);
+            let report = domain::validate_resolved(
+                &templates,
+                &spec,
+                &resolved,
+                &inventory,
+                &domain::Observed::new(),
+            );
             if !report.valid {
                 return Err(Error::Validation(report.errors));
             }

@@ -204,12 +204,22 @@ fn checked(
     conn: &mut PgConnection,
     engine: &TemplateEngine,
     spec: &PlanSpec,
+    plan: Option<Uuid>,
 ) -> Result<(Vec<ResolvedStep>, Vec<String>)> {
     let keys: Vec<String> = spec.steps.iter().map(|s| s.step.clone()).collect();
     let catalog = crate::db::steps::catalog(conn, &keys)?;
     let inventory = store::inventory(conn)?;
-    let (resolved, report) =
-        domain::validate(engine, spec, &|key| catalog.get(key).cloned(), &inventory);
+    let observed = match plan {
+        Some(id) => store::observed_durations(conn, id)?,
+        None => domain::Observed::new(),
+    };
+    let (resolved, report) = domain::validate(
+        engine,
+        spec,
+        &|key| catalog.get(key).cloned(),
+        &inventory,
+        &observed,
+    );
     match resolved {
         Some(resolved) if report.valid => Ok((resolved, report.warnings)),
         _ => Err(Error::Validation(report.errors)),
@@ -287,7 +297,7 @@ pub async fn create(
     let engine: Arc<TemplateEngine> = engine.into_inner();
     let (row, warnings, spec) = db
         .transaction(move |conn| {
-            let (resolved, warnings) = checked(conn, &engine, &spec)?;
+            let (resolved, warnings) = checked(conn, &engine, &spec, None)?;
             let (row, _) = store::create(conn, &spec, &resolved, &actor)?;
             Ok((row, warnings, spec))
         })
@@ -370,7 +380,7 @@ pub async fn replace(
         .transaction(move |conn| {
             let current = store::find_for_update(conn, &key)?;
             if_match.check(current.latest_version)?;
-            let (resolved, warnings) = checked(conn, &engine, &spec)?;
+            let (resolved, warnings) = checked(conn, &engine, &spec, Some(current.id))?;
             let (row, _) = store::add_version(conn, &current, &spec, &resolved, &actor)?;
             Ok((row, warnings, spec))
         })
@@ -542,7 +552,8 @@ fn load_version(
 }
 
 /// Check a saved version against today's inventory: graph, template references, credentials,
-/// plus each mode's start order, critical path and estimated duration against the target RTO.
+/// plus each mode's start order, critical path and estimated duration against the target RTO
+/// (steps that have run before count the median of their past runs; others their worst case).
 /// An invalid plan is still a 200: the report says what is wrong.
 #[utoipa::path(post, path = "/api/v1/plans/{key}/validate", tag = "plans",
     params(("key" = String, Path, description = "The plan's id or name")),
@@ -569,12 +580,13 @@ pub async fn validate(
     let engine: Arc<TemplateEngine> = engine.into_inner();
     let report = db
         .run(move |conn| {
-            let (_, row) = load_version(conn, &key, request.version)?;
+            let (plan, row) = load_version(conn, &key, request.version)?;
             let spec = spec_of(&row)?;
             let resolved = resolved_of(&row)?;
             let inventory = store::inventory(conn)?;
+            let observed = store::observed_durations(conn, plan.id)?;
             Ok(domain::validate_resolved(
-                &engine, &spec, &resolved, &inventory,
+                &engine, &spec, &resolved, &inventory, &observed,
             ))
         })
         .await?;

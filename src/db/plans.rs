@@ -233,3 +233,32 @@ pub fn version(conn: &mut PgConnection, plan: &PlanRow, version: i32) -> Result<
         .optional()?
         .ok_or_else(|| Error::not_found("plan version", format!("{} v{version}", plan.name)))
 }
+
+/// The median duration (seconds, rounded up) of each step key's successful runs in this plan's
+/// drills and failovers: what the RTO estimate uses once a plan has run.
+pub fn observed_durations(
+    conn: &mut PgConnection,
+    plan_id: Uuid,
+) -> Result<crate::domain::plans::Observed> {
+    #[derive(QueryableByName)]
+    struct Median {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        key: String,
+        #[diesel(sql_type = diesel::sql_types::Double)]
+        secs: f64,
+    }
+    let rows: Vec<Median> = diesel::sql_query(
+        "SELECT sr.key, percentile_cont(0.5) WITHIN GROUP
+                (ORDER BY extract(epoch FROM sr.finished_at - sr.started_at))::float8 AS secs
+         FROM step_runs sr JOIN executions e ON e.id = sr.execution_id
+         WHERE e.plan_id = $1 AND e.mode <> 'dry_run' AND sr.status = 'succeeded'
+           AND sr.started_at IS NOT NULL AND sr.finished_at IS NOT NULL
+         GROUP BY sr.key",
+    )
+    .bind::<diesel::sql_types::Uuid, _>(plan_id)
+    .load(conn)?;
+    Ok(rows
+        .into_iter()
+        .map(|m| (m.key, m.secs.max(0.0).ceil() as u64))
+        .collect())
+}

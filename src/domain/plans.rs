@@ -963,8 +963,16 @@ pub fn step_estimate(r: &ResolvedStep) -> u64 {
     d.timeout.as_secs() * u64::from(d.retry.max_attempts) + d.retry.total_delay()
 }
 
-/// The longest chain of dependencies in `mode` by estimated duration, and that duration.
-pub fn critical_path(resolved: &[ResolvedStep], mode: Mode) -> (Vec<String>, u64) {
+/// Seconds a step took, by key: the median of its past successful runs.
+pub type Observed = HashMap<String, u64>;
+
+/// The longest chain of dependencies in `mode` by estimated duration, and that duration. A step
+/// with past runs counts its median duration; one without, its worst case.
+pub fn critical_path(
+    resolved: &[ResolvedStep],
+    mode: Mode,
+    observed: &Observed,
+) -> (Vec<String>, u64) {
     let order = execution_order(resolved, mode);
     let index: HashMap<&str, usize> = resolved
         .iter()
@@ -982,7 +990,14 @@ pub fn critical_path(resolved: &[ResolvedStep], mode: Mode) -> (Vec<String>, u64
         let start = best.map_or(0, |(t, _)| t);
         finish.insert(
             i,
-            (start + step_estimate(&resolved[i]), best.map(|(_, j)| j)),
+            (
+                start
+                    + observed
+                        .get(&resolved[i].key)
+                        .copied()
+                        .unwrap_or_else(|| step_estimate(&resolved[i])),
+                best.map(|(_, j)| j),
+            ),
         );
     }
     let Some((&end, &(total, _))) = finish
@@ -1098,8 +1113,11 @@ pub struct ModeEstimate {
     pub order: Vec<String>,
     /// The longest chain of dependencies by estimated duration.
     pub critical_path: Vec<String>,
-    /// Estimated duration of the critical path (worst case: timeouts and retries).
+    /// Estimated duration of the critical path: the median of past runs for steps that have
+    /// run before, the worst case (timeouts and retries) for the others.
     pub estimated_duration: Duration,
+    /// How many steps of the critical path are estimated from past runs.
+    pub measured_steps: usize,
 }
 
 /// Everything wrong with a plan against the current catalog and inventory, plus estimates;
@@ -1109,11 +1127,12 @@ pub fn validate(
     spec: &PlanSpec,
     catalog: &dyn Fn(&str) -> Option<CatalogStep>,
     inventory: &Inventory,
+    observed: &Observed,
 ) -> (Option<Vec<ResolvedStep>>, ValidationReport) {
     let spec_errors = check_spec(spec);
     match resolve(engine, spec, catalog) {
         Ok(resolved) => {
-            let mut report = validate_resolved(engine, spec, &resolved, inventory);
+            let mut report = validate_resolved(engine, spec, &resolved, inventory, observed);
             let mut errors = spec_errors;
             errors.append(&mut report.errors);
             report.valid = errors.is_empty();
@@ -1145,6 +1164,7 @@ pub fn validate_resolved(
     spec: &PlanSpec,
     resolved: &[ResolvedStep],
     inventory: &Inventory,
+    observed: &Observed,
 ) -> ValidationReport {
     let mut report = ValidationReport {
         valid: false,
@@ -1157,7 +1177,8 @@ pub fn validate_resolved(
         report.errors = check_references(engine, spec, resolved, inventory);
         for mode in Mode::ALL {
             let order = execution_order(resolved, mode);
-            let (path, secs) = critical_path(resolved, mode);
+            let (path, secs) = critical_path(resolved, mode, observed);
+            let measured_steps = path.iter().filter(|k| observed.contains_key(*k)).count();
             if let Some(rto) = spec.target_rto {
                 if secs > rto.as_secs() {
                     report.warnings.push(format!(
@@ -1173,6 +1194,7 @@ pub fn validate_resolved(
                 order: order.iter().map(|&i| resolved[i].key.clone()).collect(),
                 critical_path: path,
                 estimated_duration: Duration::from_secs(secs),
+                measured_steps,
             });
         }
     }
@@ -1483,12 +1505,18 @@ mod tests {
     }
 
     fn errors(spec: &PlanSpec) -> Vec<(String, String)> {
-        validate(&TemplateEngine::new(), spec, &catalog, &inventory())
-            .1
-            .errors
-            .into_iter()
-            .map(|e| (e.field, e.message))
-            .collect()
+        validate(
+            &TemplateEngine::new(),
+            spec,
+            &catalog,
+            &inventory(),
+            &Observed::new(),
+        )
+        .1
+        .errors
+        .into_iter()
+        .map(|e| (e.field, e.message))
+        .collect()
     }
 
     #[test]
@@ -1553,7 +1581,13 @@ mod tests {
             {"key": "b", "step": "wait", "depends_on": ["a"]},
             {"key": "c", "step": "wait"},
         ]));
-        let (_, report) = validate(&TemplateEngine::new(), &spec, &catalog, &inventory());
+        let (_, report) = validate(
+            &TemplateEngine::new(),
+            &spec,
+            &catalog,
+            &inventory(),
+            &Observed::new(),
+        );
         assert!(report.valid);
         let drill = &report.modes[0];
         assert_eq!(drill.critical_path, vec!["a", "b"]);

@@ -541,6 +541,12 @@ async fn the_live_stream_and_the_report_tell_the_whole_story() {
         md.text
     );
 
+    // Once the plan has run, its RTO estimate uses the measured durations.
+    let report = send(app.admin(Method::POST, "/api/v1/plans/story/validate")).await;
+    let drill = &report.body["modes"][0];
+    assert_eq!(drill["measured_steps"], 2, "{}", report.text);
+    assert_eq!(drill["estimated_duration"], "2s", "{}", report.text);
+
     let metrics = send(app.anonymous(Method::GET, "/metrics")).await.text;
     for line in [
         r#"dro_executions{status="succeeded"} 1"#,
