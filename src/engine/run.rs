@@ -60,6 +60,10 @@ fn credential_names(templates: &TemplateEngine, step: &ResolvedStep) -> BTreeSet
             names.insert(reference.split('.').next().unwrap_or_default().to_owned());
         }
     }
+    // An HTTP request's `auth: {bearer|basic: credential}`.
+    if let Some(Value::Object(auth)) = params.get("auth") {
+        names.extend(auth.values().filter_map(Value::as_str).map(str::to_owned));
+    }
     names
 }
 
@@ -273,6 +277,7 @@ async fn attempt(engine: &Arc<Engine>, c: &Claimed, p: Prepared) -> Outcome {
         kind: p.step.definition.kind,
         params: rendered,
         secret_env,
+        credentials: p.credentials.clone(),
         log: log.clone(),
         cancel: cancel_rx,
         deadline,

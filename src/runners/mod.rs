@@ -3,6 +3,8 @@
 //! deadline passes, and returns an `Outcome`. Kinds that need outside systems (SSH, HTTP,
 //! checks, recovery providers) plug in here in their own modules.
 
+pub mod check;
+pub mod http;
 pub mod local;
 pub mod logs;
 
@@ -24,6 +26,8 @@ pub struct Attempt {
     pub params: Value,
     /// Secret environment variables (name -> plaintext), masked in logs.
     pub secret_env: BTreeMap<String, String>,
+    /// The credentials the step reads (name -> field -> plaintext), e.g. an HTTP auth token.
+    pub credentials: BTreeMap<String, BTreeMap<String, String>>,
     pub log: LogSink,
     /// Becomes true when the step must stop (cancelled, lease lost).
     pub cancel: watch::Receiver<bool>,
@@ -36,6 +40,8 @@ pub async fn run(attempt: Attempt) -> Outcome {
     match attempt.kind {
         StepKind::Wait => wait(attempt).await,
         StepKind::LocalScript => local::run(attempt).await,
+        StepKind::HttpRequest => http::run(attempt).await,
+        StepKind::Check => check::run(attempt).await,
         StepKind::ManualApproval => {
             let timeout: Duration = attempt
                 .params

@@ -12,3 +12,4 @@ mod health;
 mod openapi;
 mod plans;
 mod resources;
+mod runners;

@@ -1,0 +1,205 @@
+//! The http_request step and the tcp/http checks against a real HTTP server started here.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+use reqwest::Method;
+use serde_json::{json, Value};
+
+use crate::common::{send, TestApp};
+
+/// A small HTTP service: `/api/records/{id}` (needs the bearer token `t0k`), `/flaky` (503 for
+/// the first three calls, then 200 with `WordPress`), `/status/{n}`.
+fn start_server() -> (String, actix_web::dev::ServerHandle) {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let server = HttpServer::new(move || {
+        let calls = calls.clone();
+        App::new()
+            .route(
+                "/api/records/{id}",
+                web::put().to(
+                    |req: HttpRequest, body: web::Json<Value>, id: web::Path<String>| async move {
+                        let auth = req
+                            .headers()
+                            .get("authorization")
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or_default();
+                        if auth != "Bearer t0k" {
+                            return HttpResponse::Unauthorized().finish();
+                        }
+                        HttpResponse::Ok()
+                            .json(json!({"data": {"id": id.into_inner(), "value": body["value"]}}))
+                    },
+                ),
+            )
+            .route(
+                "/flaky",
+                web::get().to(move || {
+                    let n = calls.fetch_add(1, Ordering::SeqCst);
+                    async move {
+                        if n < 3 {
+                            HttpResponse::ServiceUnavailable().body("starting")
+                        } else {
+                            HttpResponse::Ok().body("<title>WordPress</title>")
+                        }
+                    }
+                }),
+            )
+            .route(
+                "/status/{n}",
+                web::get().to(|n: web::Path<u16>| async move {
+                    HttpResponse::build(
+                        actix_web::http::StatusCode::from_u16(n.into_inner()).unwrap(),
+                    )
+                    .finish()
+                }),
+            )
+    })
+    .workers(1)
+    .disable_signals()
+    .bind(("127.0.0.1", 0))
+    .unwrap();
+    let addr = server.addrs()[0];
+    let server = server.run();
+    let handle = server.handle();
+    tokio::spawn(server);
+    (format!("http://{addr}"), handle)
+}
+
+async fn run_single(app: &TestApp, name: &str, kind: &str, params: Value) -> Value {
+    let r = app
+        .post_json(
+            "/api/v1/steps",
+            &json!({"name": name, "kind": kind, "params": params}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let r = app
+        .post_json(
+            "/api/v1/plans",
+            &json!({"name": format!("p_{name}"), "steps": [{"key": "s", "step": name}]}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let r = send(
+        app.admin(Method::POST, &format!("/api/v1/plans/p_{name}/executions"))
+            .json(&json!({"mode": "drill"})),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let id = r.body["id"].as_str().unwrap().to_owned();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let e = app.get(&format!("/api/v1/executions/{id}")).await;
+        if matches!(
+            e.body["status"].as_str(),
+            Some("succeeded" | "failed" | "cancelled")
+        ) {
+            return e.body;
+        }
+        assert!(Instant::now() < deadline, "{}", e.text);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http_request_authenticates_sends_json_and_extracts_outputs() {
+    let app = TestApp::spawn_with_engine(2).await;
+    let (base, _server) = start_server();
+    let r = app
+        .post_json(
+            "/api/v1/credentials",
+            &json!({"name": "dns_token", "kind": "token", "secret": {"token": "t0k"}}),
+        )
+        .await;
+    assert_eq!(r.status, 201);
+    let e = run_single(&app, "dns_switch", "http_request", json!({
+        "method": "PUT", "url": format!("{base}/api/records/www"), "auth": {"bearer": "dns_token"},
+        "body": {"value": "203.0.113.9"}, "expected_status": [200], "outputs": {"record": "/data/id", "value": "/data/value"}
+    })).await;
+    assert_eq!(e["status"], "succeeded", "{e}");
+    let outputs = &e["steps"][0]["outputs"];
+    assert_eq!(
+        (
+            outputs["status"].as_u64(),
+            outputs["record"].as_str(),
+            outputs["value"].as_str()
+        ),
+        (Some(200), Some("www"), Some("203.0.113.9"))
+    );
+    let id = e["id"].as_str().unwrap();
+    let logs = app.get(&format!("/api/v1/executions/{id}/logs")).await.text;
+    assert!(logs.contains("HTTP 200") && !logs.contains("t0k"), "{logs}");
+
+    let e = run_single(
+        &app,
+        "wrong_status",
+        "http_request",
+        json!({"url": format!("{base}/status/500")}),
+    )
+    .await;
+    assert_eq!(e["status"], "failed");
+    assert!(
+        e["steps"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("HTTP status 500"),
+        "{e}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http_check_keeps_polling_until_the_site_answers_and_keeps_the_evidence() {
+    let app = TestApp::spawn_with_engine(2).await;
+    let (base, _server) = start_server();
+    let e = run_single(&app, "site_up", "check", json!({
+        "type": "http", "url": format!("{base}/flaky"), "contains": "WordPress", "interval": "1s", "until": "30s"
+    })).await;
+    assert_eq!(e["status"], "succeeded", "{e}");
+    let outputs = &e["steps"][0]["outputs"];
+    assert_eq!(outputs["tries"], 4, "{e}");
+    let evidence = outputs["evidence"].as_array().unwrap();
+    assert_eq!(evidence.iter().filter(|t| t["passed"] == false).count(), 3);
+    assert!(evidence[0]["detail"].as_str().unwrap().contains("HTTP 503"));
+    let id = e["id"].as_str().unwrap();
+    let report = app.get(&format!("/api/v1/executions/{id}/report")).await;
+    assert_eq!(
+        report.body["timeline"][0]["evidence"]["outputs"]["tries"],
+        4
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tcp_check_passes_on_an_open_port_and_fails_on_a_closed_one_when_time_runs_out() {
+    let app = TestApp::spawn_with_engine(2).await;
+    let (base, _server) = start_server();
+    let port: u16 = base.rsplit(':').next().unwrap().parse().unwrap();
+    let e = run_single(
+        &app,
+        "port_open",
+        "check",
+        json!({"type": "tcp", "host": "127.0.0.1", "port": port, "interval": "1s", "until": "5s"}),
+    )
+    .await;
+    assert_eq!(e["status"], "succeeded", "{e}");
+
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let started = Instant::now();
+    let e = run_single(&app, "port_closed", "check", json!({"type": "tcp", "host": "127.0.0.1", "port": closed, "interval": "1s", "until": "3s"})).await;
+    assert_eq!(e["status"], "failed", "{e}");
+    assert!(
+        e["steps"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("did not pass after"),
+        "{e}"
+    );
+    assert!(e["steps"][0]["outputs"]["tries"].as_u64().unwrap() >= 2);
+    assert!(started.elapsed() < Duration::from_secs(15));
+}
