@@ -4,7 +4,7 @@
 # links libpq), a C toolchain and pkg-config. Idempotent: installs nothing when all is there.
 set -euo pipefail
 
-packages=(postgresql libpq-dev build-essential pkg-config libssl-dev ca-certificates)
+packages=(postgresql libpq-dev build-essential pkg-config libssl-dev ca-certificates iputils-ping)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

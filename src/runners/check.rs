@@ -1,7 +1,7 @@
 //! `check`: a probe repeated every `interval` until it passes or `until` runs out; every
 //! attempt is logged and kept as evidence in the step's outputs. A failed check fails the step,
-//! which blocks what depends on it. This build probes `tcp` and `http`; `ping`, `dns` and `sql`
-//! come with the rest of the runners.
+//! which blocks what depends on it. This build probes `tcp`, `http` and `ping` (the system's);
+//! `dns` and `sql` come with the rest of the runners.
 
 use std::time::{Duration, Instant};
 
@@ -83,7 +83,41 @@ async fn probe(params: &Value, per_try: Duration) -> Result<String, String> {
             }
             Ok(format!("GET {url}: HTTP {status}"))
         }
+        "ping" => ping(&text("host"), per_try).await,
         other => Err(format!("this build cannot probe `{other}` checks yet")),
+    }
+}
+
+/// ICMP echo through the system's `ping` (raw sockets need privileges this service should not
+/// hold); the evidence says so.
+async fn ping(host: &str, per_try: Duration) -> Result<String, String> {
+    if host.is_empty() || host.starts_with('-') {
+        return Err(format!("`{host}` is not a host to ping"));
+    }
+    let wait = per_try.as_secs().max(1).to_string();
+    let run = tokio::process::Command::new("ping")
+        .args(["-c", "1", "-W", &wait, "--", host])
+        .kill_on_drop(true)
+        .output();
+    let out = match tokio::time::timeout(per_try + Duration::from_secs(1), run).await {
+        Err(_) => return Err(format!("ping {host}: no answer within {per_try:?}")),
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err("the system `ping` is not installed (Debian: iputils-ping)".into())
+        }
+        Ok(Err(e)) => return Err(format!("ping {host}: {e}")),
+        Ok(Ok(out)) => out,
+    };
+    let text = String::from_utf8_lossy(&out.stdout);
+    let summary = text
+        .lines()
+        .find(|l| l.contains("time="))
+        .unwrap_or("no reply")
+        .trim()
+        .to_owned();
+    if out.status.success() {
+        Ok(format!("ping {host} (system ping): {summary}"))
+    } else {
+        Err(format!("ping {host} (system ping): {summary}"))
     }
 }
 
@@ -94,7 +128,7 @@ pub async fn run(mut attempt: Attempt) -> Outcome {
     let per_try = interval.clamp(Duration::from_secs(1), Duration::from_secs(10));
     let supported = matches!(
         attempt.params.get("type").and_then(Value::as_str),
-        Some("tcp" | "http")
+        Some("tcp" | "http" | "ping")
     );
     let mut evidence: Vec<Value> = Vec::new();
     let mut tries = 0u32;

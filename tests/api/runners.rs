@@ -203,3 +203,23 @@ async fn a_tcp_check_passes_on_an_open_port_and_fails_on_a_closed_one_when_time_
     assert!(e["steps"][0]["outputs"]["tries"].as_u64().unwrap() >= 2);
     assert!(started.elapsed() < Duration::from_secs(15));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ping_check_reaches_loopback_with_the_system_ping() {
+    let app = TestApp::spawn_with_engine(1).await;
+    let e = run_single(
+        &app,
+        "ping_lo",
+        "check",
+        json!({"type": "ping", "host": "127.0.0.1", "interval": "1s", "until": "5s"}),
+    )
+    .await;
+    assert_eq!(e["status"], "succeeded", "{e}");
+    let detail = e["steps"][0]["outputs"]["evidence"][0]["detail"]
+        .as_str()
+        .unwrap();
+    assert!(
+        detail.contains("system ping") && detail.contains("time="),
+        "{detail}"
+    );
+}
