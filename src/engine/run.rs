@@ -29,6 +29,15 @@ struct Prepared {
     credentials: BTreeMap<String, BTreeMap<String, String>>,
 }
 
+/// The database resource a `sql` check connects to.
+fn sql_database(step: &ResolvedStep) -> Option<String> {
+    let p = &step.definition.params;
+    (step.definition.kind == StepKind::Check
+        && p.get("type").and_then(Value::as_str) == Some("sql"))
+    .then(|| p.get("database").and_then(Value::as_str).map(str::to_owned))
+    .flatten()
+}
+
 /// Every name the step's templates read.
 fn template_refs(templates: &TemplateEngine, step: &ResolvedStep) -> BTreeSet<String> {
     string_leaves(&step.definition.params)
@@ -77,9 +86,10 @@ struct Needs {
 impl Needs {
     fn of(templates: &TemplateEngine, step: &ResolvedStep) -> Self {
         let refs = template_refs(templates, step);
+        let database = sql_database(step);
         Self {
             outputs: refs.iter().any(|r| r.starts_with("steps.")),
-            inventory: refs.iter().any(|r| r.starts_with("resources.")),
+            inventory: database.is_some() || refs.iter().any(|r| r.starts_with("resources.")),
             credentials: credential_names(templates, step),
         }
     }
@@ -117,8 +127,15 @@ fn prepare(
     } else {
         Inventory::default()
     };
+    let mut names = needs.credentials.clone();
+    // A sql check logs in with its database resource's credential.
+    if let Some(db) = sql_database(&step).and_then(|name| inventory.resources.get(&name)) {
+        if let Some(cred) = db.attributes.get("credential").and_then(Value::as_str) {
+            names.insert(cred.to_owned());
+        }
+    }
     let mut creds = BTreeMap::new();
-    for name in needs.credentials.iter().cloned() {
+    for name in names {
         let found: Option<(uuid::Uuid, Option<String>)> = credentials::table
             .filter(credentials::name.eq(&name))
             .select((credentials::id, credentials::username))
@@ -278,6 +295,9 @@ async fn attempt(engine: &Arc<Engine>, c: &Claimed, p: Prepared) -> Outcome {
         params: rendered,
         secret_env,
         credentials: p.credentials.clone(),
+        database: sql_database(&p.step)
+            .and_then(|name| p.inventory.resources.get(&name))
+            .map(|r| r.attributes.clone()),
         log: log.clone(),
         cancel: cancel_rx,
         deadline,

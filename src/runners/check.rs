@@ -1,7 +1,7 @@
 //! `check`: a probe repeated every `interval` until it passes or `until` runs out; every
 //! attempt is logged and kept as evidence in the step's outputs. A failed check fails the step,
-//! which blocks what depends on it. This build probes `tcp`, `http` and `ping` (the system's);
-//! `dns` and `sql` come with the rest of the runners.
+//! which blocks what depends on it. This build probes `tcp`, `http`, `ping` (the system's) and
+//! `sql` (PostgreSQL); `dns` and MySQL come with the rest of the runners.
 
 use std::time::{Duration, Instant};
 
@@ -22,7 +22,8 @@ fn duration(params: &Value, key: &str, default: u64) -> Duration {
 }
 
 /// One probe: `Ok(detail)` when it passes, `Err(detail)` when not (yet).
-async fn probe(params: &Value, per_try: Duration) -> Result<String, String> {
+async fn probe(attempt: &Attempt, per_try: Duration) -> Result<String, String> {
+    let params = &attempt.params;
     let text = |key: &str| {
         params
             .get(key)
@@ -84,6 +85,7 @@ async fn probe(params: &Value, per_try: Duration) -> Result<String, String> {
             Ok(format!("GET {url}: HTTP {status}"))
         }
         "ping" => ping(&text("host"), per_try).await,
+        "sql" => sql(attempt, per_try).await,
         other => Err(format!("this build cannot probe `{other}` checks yet")),
     }
 }
@@ -121,23 +123,101 @@ async fn ping(host: &str, per_try: Duration) -> Result<String, String> {
     }
 }
 
-pub async fn run(mut attempt: Attempt) -> Outcome {
+/// Runs the check's query against its PostgreSQL database resource: it passes when the query
+/// runs and its single value is not false, 0 or NULL (`SELECT 1`, `SELECT NOT pg_is_in_recovery()`).
+async fn sql(attempt: &Attempt, per_try: Duration) -> Result<String, String> {
+    let db = attempt
+        .database
+        .clone()
+        .ok_or("the database resource was not loaded")?;
+    let field = |k: &str| {
+        db.get(k)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned()
+    };
+    if field("engine") != "postgresql" {
+        return Err(format!(
+            "sql checks support PostgreSQL in this build, not `{}`",
+            field("engine")
+        ));
+    }
+    let password = db
+        .get("credential")
+        .and_then(Value::as_str)
+        .and_then(|c| attempt.credentials.get(c))
+        .and_then(|f| f.get("password").cloned());
+    let mut url = url::Url::parse("postgres://localhost/").map_err(|e| e.to_string())?;
+    url.set_host(Some(&field("host")))
+        .map_err(|e| e.to_string())?;
+    let _ = url.set_port(Some(
+        db.get("port").and_then(Value::as_u64).unwrap_or(5432) as u16
+    ));
+    let _ = url.set_username(&field("user"));
+    let _ = url.set_password(password.as_deref());
+    url.set_path(&field("database"));
+    url.query_pairs_mut()
+        .append_pair("connect_timeout", &per_try.as_secs().max(1).to_string());
+    let query = attempt
+        .params
+        .get("query")
+        .and_then(Value::as_str)
+        .unwrap_or("SELECT 1")
+        .to_owned();
+    let target = format!(
+        "{}:{}/{}",
+        field("host"),
+        url.port().unwrap_or(5432),
+        field("database")
+    );
+    let secret = password.unwrap_or_default();
+    let ran = tokio::task::spawn_blocking(move || {
+        use diesel::prelude::*;
+        #[derive(diesel::QueryableByName)]
+        struct One {
+            #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
+            v: Option<String>,
+        }
+        let mut conn = diesel::PgConnection::establish(url.as_str()).map_err(|e| e.to_string())?;
+        diesel::sql_query(format!("SELECT ({query})::text AS v"))
+            .get_result::<One>(&mut conn)
+            .map(|one| one.v)
+            .map_err(|e| e.to_string())
+    })
+    .await
+    .map_err(|e| e.to_string())?
+    // The driver's message may quote the connection string: never its password.
+    .map_err(|e| {
+        if secret.is_empty() {
+            e
+        } else {
+            e.replace(&secret, "******")
+        }
+    })?;
+    match ran.as_deref() {
+        None | Some("f" | "false" | "0") => Err(format!("{target}: the query returned {ran:?}")),
+        Some(v) => Ok(format!("{target}: the query returned {v}")),
+    }
+}
+
+pub async fn run(attempt: Attempt) -> Outcome {
     let interval = duration(&attempt.params, "interval", 5).max(Duration::from_millis(100));
     let until = Instant::now() + duration(&attempt.params, "until", 300);
     let stop = until.min(attempt.deadline);
     let per_try = interval.clamp(Duration::from_secs(1), Duration::from_secs(10));
     let supported = matches!(
         attempt.params.get("type").and_then(Value::as_str),
-        Some("tcp" | "http" | "ping")
+        Some("tcp" | "http" | "ping" | "sql")
     );
+    let mut cancel = attempt.cancel.clone();
     let mut evidence: Vec<Value> = Vec::new();
     let mut tries = 0u32;
     loop {
         tries += 1;
         let started = chrono::Utc::now();
         let result = tokio::select! {
-            r = probe(&attempt.params, per_try) => r,
-            _ = cancelled(&mut attempt.cancel) => return Outcome::Cancelled,
+            r = probe(&attempt, per_try) => r,
+            _ = cancelled(&mut cancel) => return Outcome::Cancelled,
         };
         let (ok, detail) = match &result {
             Ok(d) => (true, d.clone()),
@@ -180,7 +260,7 @@ pub async fn run(mut attempt: Attempt) -> Outcome {
         }
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}
-            _ = cancelled(&mut attempt.cancel) => return Outcome::Cancelled,
+            _ = cancelled(&mut cancel) => return Outcome::Cancelled,
         }
     }
 }

@@ -28,6 +28,8 @@ pub struct Attempt {
     pub secret_env: BTreeMap<String, String>,
     /// The credentials the step reads (name -> field -> plaintext), e.g. an HTTP auth token.
     pub credentials: BTreeMap<String, BTreeMap<String, String>>,
+    /// For a `sql` check: the attributes of its database resource.
+    pub database: Option<Value>,
     pub log: LogSink,
     /// Becomes true when the step must stop (cancelled, lease lost).
     pub cancel: watch::Receiver<bool>,

@@ -223,3 +223,34 @@ async fn a_ping_check_reaches_loopback_with_the_system_ping() {
         "{detail}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sql_check_runs_its_query_against_the_database_resource() {
+    let app = TestApp::spawn_with_engine(1).await;
+    let url = url::Url::parse(&app.db.url).unwrap();
+    let Some(host) = url.host_str().filter(|h| !h.is_empty()) else {
+        println!("skipped: the test PostgreSQL listens on a unix socket only, and a database resource needs an address");
+        return;
+    };
+    let r = app.post_json("/api/v1/credentials", &json!({"name": "pg_pw", "kind": "password", "username": url.username(), "secret": {"password": "trust-auth-ignores-it"}})).await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let r = app.post_json("/api/v1/resources", &json!({"name": "pg", "kind": "database", "attributes": {
+        "engine": "postgresql", "host": host, "port": url.port().unwrap_or(5432),
+        "database": url.path().trim_start_matches('/'), "user": url.username(), "credential": "pg_pw"}})).await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let e = run_single(&app, "writable", "check", json!({"type": "sql", "database": "pg", "query": "SELECT NOT pg_is_in_recovery()", "interval": "1s", "until": "5s"})).await;
+    assert_eq!(e["status"], "succeeded", "{e}");
+    assert!(e["steps"][0]["outputs"]["evidence"][0]["detail"]
+        .as_str()
+        .unwrap()
+        .contains("returned true"));
+    let e = run_single(&app, "never", "check", json!({"type": "sql", "database": "pg", "query": "SELECT 1 = 2", "interval": "1s", "until": "2s"})).await;
+    assert_eq!(e["status"], "failed", "{e}");
+    assert!(
+        e["steps"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("returned Some(\"false\")"),
+        "{e}"
+    );
+}
