@@ -244,6 +244,19 @@ pub async fn read_body(mut payload: Payload) -> Result<web::BytesMut, Error> {
     Ok(body)
 }
 
+/// True when the request's `Accept` header names one of `media` (parameters ignored).
+pub fn accepts(req: &HttpRequest, media: &[&str]) -> bool {
+    req.headers()
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|accept| {
+            accept
+                .split(',')
+                .map(|part| part.split(';').next().unwrap_or_default().trim())
+                .any(|m| media.contains(&m))
+        })
+}
+
 /// A declared `Content-Length` over the limit is refused before reading a byte.
 pub fn check_declared_length(req: &HttpRequest) -> Result<(), Error> {
     let declared = req

@@ -727,12 +727,7 @@ pub async fn events(
 ) -> Result<HttpResponse> {
     let id = parse_id(&id)?;
     let after = q.after.unwrap_or(0);
-    let wants_sse = q.follow == Some(true)
-        || req
-            .headers()
-            .get(header::ACCEPT)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|a| a.contains("text/event-stream"));
+    let wants_sse = q.follow == Some(true) || crate::http::accepts(&req, &["text/event-stream"]);
     db.run(move |conn| store::execution(conn, id)).await?;
     if !wants_sse {
         let rows = db
@@ -1060,12 +1055,7 @@ pub async fn report(
         })
         .await?;
     let report = build_report(e, runs, target);
-    let wants_md = req
-        .headers()
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|a| a.contains("text/markdown"));
-    if wants_md {
+    if crate::http::accepts(&req, &["text/markdown"]) {
         return Ok(HttpResponse::Ok()
             .content_type("text/markdown; charset=utf-8")
             .body(markdown(&report)));

@@ -39,11 +39,15 @@ pub const YAML: &str = "application/yaml";
 /// A plan document from a JSON or YAML body (`Content-Type: application/yaml`).
 pub struct PlanBody(pub PlanSpec);
 
+const YAML_TYPES: [&str; 4] = [
+    "application/yaml",
+    "application/x-yaml",
+    "text/yaml",
+    "text/x-yaml",
+];
+
 fn is_yaml(mime: &str) -> bool {
-    matches!(
-        mime,
-        "application/yaml" | "application/x-yaml" | "text/yaml" | "text/x-yaml"
-    )
+    YAML_TYPES.contains(&mime)
 }
 
 impl FromRequest for PlanBody {
@@ -84,15 +88,7 @@ impl FromRequest for PlanBody {
 
 /// True when the caller asked for YAML.
 fn wants_yaml(req: &HttpRequest) -> bool {
-    req.headers()
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|accept| {
-            accept
-                .split(',')
-                .map(|part| part.split(';').next().unwrap_or_default().trim())
-                .any(is_yaml)
-        })
+    crate::http::accepts(req, &YAML_TYPES)
 }
 
 fn yaml_response(
