@@ -30,12 +30,22 @@ struct Prepared {
 }
 
 /// The database resource a `sql` check connects to.
-fn sql_database(step: &ResolvedStep) -> Option<String> {
+/// The inventory resource a check acts on: a `sql` check's `database`, or the `host` of a tcp or
+/// ping check when it is written as a resource name.
+fn check_resource(step: &ResolvedStep) -> Option<String> {
     let p = &step.definition.params;
-    (step.definition.kind == StepKind::Check
-        && p.get("type").and_then(Value::as_str) == Some("sql"))
-    .then(|| p.get("database").and_then(Value::as_str).map(str::to_owned))
-    .flatten()
+    if step.definition.kind != StepKind::Check {
+        return None;
+    }
+    let field = match p.get("type").and_then(Value::as_str) {
+        Some("sql") => "database",
+        Some("tcp" | "ping") => "host",
+        _ => return None,
+    };
+    p.get(field)
+        .and_then(Value::as_str)
+        .filter(|name| crate::domain::validation::is_name(name))
+        .map(str::to_owned)
 }
 
 /// Every name the step's templates read.
@@ -86,7 +96,7 @@ struct Needs {
 impl Needs {
     fn of(templates: &TemplateEngine, step: &ResolvedStep) -> Self {
         let refs = template_refs(templates, step);
-        let database = sql_database(step);
+        let database = check_resource(step);
         Self {
             outputs: refs.iter().any(|r| r.starts_with("steps.")),
             inventory: database.is_some() || refs.iter().any(|r| r.starts_with("resources.")),
@@ -129,7 +139,7 @@ fn prepare(
     };
     let mut names = needs.credentials.clone();
     // A sql check logs in with its database resource's credential.
-    if let Some(db) = sql_database(&step).and_then(|name| inventory.resources.get(&name)) {
+    if let Some(db) = check_resource(&step).and_then(|name| inventory.resources.get(&name)) {
         if let Some(cred) = db.attributes.get("credential").and_then(Value::as_str) {
             names.insert(cred.to_owned());
         }
@@ -295,7 +305,7 @@ async fn attempt(engine: &Arc<Engine>, c: &Claimed, p: Prepared) -> Outcome {
         params: rendered,
         secret_env,
         credentials: p.credentials.clone(),
-        database: sql_database(&p.step)
+        resource: check_resource(&p.step)
             .and_then(|name| p.inventory.resources.get(&name))
             .map(|r| r.attributes.clone()),
         log: log.clone(),

@@ -31,13 +31,23 @@ async fn probe(attempt: &Attempt, per_try: Duration) -> Result<String, String> {
             .unwrap_or_default()
             .to_owned()
     };
+    // A host given as a resource name probes that resource's address.
+    let host = attempt
+        .resource
+        .as_ref()
+        .and_then(|r| {
+            ["private_ip", "address", "host", "public_ip"]
+                .iter()
+                .find_map(|k| r.get(*k))
+        })
+        .and_then(Value::as_str)
+        .map_or_else(|| text("host"), str::to_owned);
     match params
         .get("type")
         .and_then(Value::as_str)
         .unwrap_or_default()
     {
         "tcp" => {
-            let host = text("host");
             let port = params.get("port").and_then(Value::as_u64).unwrap_or(0);
             let target = if host.contains(':') && !host.starts_with('[') {
                 format!("[{host}]:{port}")
@@ -84,7 +94,7 @@ async fn probe(attempt: &Attempt, per_try: Duration) -> Result<String, String> {
             }
             Ok(format!("GET {url}: HTTP {status}"))
         }
-        "ping" => ping(&text("host"), per_try).await,
+        "ping" => ping(&host, per_try).await,
         "sql" => sql(attempt, per_try).await,
         other => Err(format!("this build cannot probe `{other}` checks yet")),
     }
@@ -127,7 +137,7 @@ async fn ping(host: &str, per_try: Duration) -> Result<String, String> {
 /// runs and its single value is not false, 0 or NULL (`SELECT 1`, `SELECT NOT pg_is_in_recovery()`).
 async fn sql(attempt: &Attempt, per_try: Duration) -> Result<String, String> {
     let db = attempt
-        .database
+        .resource
         .clone()
         .ok_or("the database resource was not loaded")?;
     let field = |k: &str| {

@@ -28,8 +28,9 @@ pub struct Attempt {
     pub secret_env: BTreeMap<String, String>,
     /// The credentials the step reads (name -> field -> plaintext), e.g. an HTTP auth token.
     pub credentials: BTreeMap<String, BTreeMap<String, String>>,
-    /// For a `sql` check: the attributes of its database resource.
-    pub database: Option<Value>,
+    /// For a check: the attributes of the resource it acts on (a `sql` check's database, a tcp
+    /// or ping check's host given by name).
+    pub resource: Option<Value>,
     pub log: LogSink,
     /// Becomes true when the step must stop (cancelled, lease lost).
     pub cancel: watch::Receiver<bool>,

@@ -184,6 +184,26 @@ async fn a_tcp_check_passes_on_an_open_port_and_fails_on_a_closed_one_when_time_
     )
     .await;
     assert_eq!(e["status"], "succeeded", "{e}");
+    // A host named by its inventory resource probes the resource's address.
+    let r = app
+        .post_json(
+            "/api/v1/resources",
+            &json!({"name": "web", "kind": "host", "attributes": {"private_ip": "127.0.0.1"}}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let e = run_single(
+        &app,
+        "web_port",
+        "check",
+        json!({"type": "tcp", "host": "web", "port": port, "interval": "1s", "until": "5s"}),
+    )
+    .await;
+    assert_eq!(e["status"], "succeeded", "{e}");
+    let detail = e["steps"][0]["outputs"]["evidence"][0]["detail"]
+        .as_str()
+        .unwrap();
+    assert!(detail.contains("127.0.0.1"), "{detail}");
 
     let closed = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
