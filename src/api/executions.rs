@@ -395,13 +395,7 @@ fn record(
     crate::db::audit::record(
         conn,
         actor,
-        crate::db::audit::AuditEntry {
-            action,
-            target_type: "execution",
-            target_id: Some(e.id),
-            target_name: Some(&e.plan_name),
-            details,
-        },
+        crate::db::audit::AuditEntry::new(action, "execution", e.id, &e.plan_name, details),
     )
 }
 

@@ -38,6 +38,24 @@ pub struct AuditEntry<'a> {
     pub details: Value,
 }
 
+impl<'a> AuditEntry<'a> {
+    pub fn new(
+        action: &'a str,
+        target_type: &'a str,
+        target_id: Uuid,
+        target_name: &'a str,
+        details: Value,
+    ) -> Self {
+        Self {
+            action,
+            target_type,
+            target_id: Some(target_id),
+            target_name: Some(target_name),
+            details,
+        }
+    }
+}
+
 pub fn record(conn: &mut PgConnection, actor: &Actor, entry: AuditEntry<'_>) -> Result<()> {
     diesel::insert_into(audit_log::table)
         .values((

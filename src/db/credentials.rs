@@ -59,13 +59,13 @@ pub fn create(
     audit::record(
         conn,
         actor,
-        AuditEntry {
-            action: "create",
-            target_type: "credential",
-            target_id: Some(row.id),
-            target_name: Some(&row.name),
-            details: json!({"kind": row.kind}),
-        },
+        AuditEntry::new(
+            "create",
+            "credential",
+            row.id,
+            &row.name,
+            json!({"kind": row.kind}),
+        ),
     )?;
     Ok(row)
 }
@@ -126,13 +126,13 @@ pub fn update(
     audit::record(
         conn,
         actor,
-        AuditEntry {
-            action: "update",
-            target_type: "credential",
-            target_id: Some(row.id),
-            target_name: Some(&row.name),
-            details: json!({"kind": row.kind, "secret_replaced": rotated}),
-        },
+        AuditEntry::new(
+            "update",
+            "credential",
+            row.id,
+            &row.name,
+            json!({"kind": row.kind, "secret_replaced": rotated}),
+        ),
     )?;
     Ok(row)
 }
@@ -155,13 +155,13 @@ pub fn delete(conn: &mut PgConnection, key: &str, if_match: &IfMatch, actor: &Ac
     audit::record(
         conn,
         actor,
-        AuditEntry {
-            action: "delete",
-            target_type: "credential",
-            target_id: Some(current.id),
-            target_name: Some(&current.name),
-            details: json!({"kind": current.kind}),
-        },
+        AuditEntry::new(
+            "delete",
+            "credential",
+            current.id,
+            &current.name,
+            json!({"kind": current.kind}),
+        ),
     )
 }
 

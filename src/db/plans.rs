@@ -130,13 +130,13 @@ pub fn create(
     audit::record(
         conn,
         actor,
-        AuditEntry {
-            action: "create",
-            target_type: "plan",
-            target_id: Some(row.id),
-            target_name: Some(&row.name),
-            details: json!({"version": 1, "steps": resolved.len()}),
-        },
+        AuditEntry::new(
+            "create",
+            "plan",
+            row.id,
+            &row.name,
+            json!({"version": 1, "steps": resolved.len()}),
+        ),
     )?;
     Ok((row, version))
 }
@@ -167,13 +167,13 @@ pub fn add_version(
     audit::record(
         conn,
         actor,
-        AuditEntry {
-            action: "update",
-            target_type: "plan",
-            target_id: Some(row.id),
-            target_name: Some(&row.name),
-            details: json!({"version": next, "steps": resolved.len()}),
-        },
+        AuditEntry::new(
+            "update",
+            "plan",
+            row.id,
+            &row.name,
+            json!({"version": next, "steps": resolved.len()}),
+        ),
     )?;
     Ok((row, version))
 }
@@ -206,13 +206,13 @@ pub fn delete(conn: &mut PgConnection, key: &str, if_match: &IfMatch, actor: &Ac
     audit::record(
         conn,
         actor,
-        AuditEntry {
-            action: "delete",
-            target_type: "plan",
-            target_id: Some(current.id),
-            target_name: Some(&current.name),
-            details: json!({"versions": current.latest_version}),
-        },
+        AuditEntry::new(
+            "delete",
+            "plan",
+            current.id,
+            &current.name,
+            json!({"versions": current.latest_version}),
+        ),
     )
 }
 

@@ -61,13 +61,13 @@ pub fn create(
     audit::record(
         conn,
         actor,
-        AuditEntry {
-            action: "create",
-            target_type: "resource",
-            target_id: Some(row.id),
-            target_name: Some(&row.name),
-            details: json!({"kind": row.kind}),
-        },
+        AuditEntry::new(
+            "create",
+            "resource",
+            row.id,
+            &row.name,
+            json!({"kind": row.kind}),
+        ),
     )?;
     Ok(row)
 }
@@ -103,13 +103,13 @@ pub fn update(
     audit::record(
         conn,
         actor,
-        AuditEntry {
-            action: "update",
-            target_type: "resource",
-            target_id: Some(row.id),
-            target_name: Some(&row.name),
-            details: json!({"changed": changed}),
-        },
+        AuditEntry::new(
+            "update",
+            "resource",
+            row.id,
+            &row.name,
+            json!({"changed": changed}),
+        ),
     )?;
     Ok(row)
 }
@@ -121,13 +121,13 @@ pub fn delete(conn: &mut PgConnection, key: &str, if_match: &IfMatch, actor: &Ac
     audit::record(
         conn,
         actor,
-        AuditEntry {
-            action: "delete",
-            target_type: "resource",
-            target_id: Some(current.id),
-            target_name: Some(&current.name),
-            details: json!({"kind": current.kind}),
-        },
+        AuditEntry::new(
+            "delete",
+            "resource",
+            current.id,
+            &current.name,
+            json!({"kind": current.kind}),
+        ),
     )
 }
 

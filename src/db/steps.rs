@@ -59,13 +59,13 @@ pub fn create(conn: &mut PgConnection, write: StepWrite, actor: &Actor) -> Resul
     audit::record(
         conn,
         actor,
-        AuditEntry {
-            action: "create",
-            target_type: "step",
-            target_id: Some(row.id),
-            target_name: Some(&row.name),
-            details: json!({"kind": row.kind}),
-        },
+        AuditEntry::new(
+            "create",
+            "step",
+            row.id,
+            &row.name,
+            json!({"kind": row.kind}),
+        ),
     )?;
     Ok(row)
 }
@@ -96,13 +96,13 @@ pub fn update(
     audit::record(
         conn,
         actor,
-        AuditEntry {
-            action: "update",
-            target_type: "step",
-            target_id: Some(row.id),
-            target_name: Some(&row.name),
-            details: json!({"kind": row.kind, "version": row.version}),
-        },
+        AuditEntry::new(
+            "update",
+            "step",
+            row.id,
+            &row.name,
+            json!({"kind": row.kind, "version": row.version}),
+        ),
     )?;
     Ok(row)
 }
@@ -137,13 +137,13 @@ pub fn delete(conn: &mut PgConnection, key: &str, if_match: &IfMatch, actor: &Ac
     audit::record(
         conn,
         actor,
-        AuditEntry {
-            action: "delete",
-            target_type: "step",
-            target_id: Some(current.id),
-            target_name: Some(&current.name),
-            details: json!({"kind": current.kind}),
-        },
+        AuditEntry::new(
+            "delete",
+            "step",
+            current.id,
+            &current.name,
+            json!({"kind": current.kind}),
+        ),
     )
 }
 
