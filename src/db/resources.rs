@@ -131,6 +131,60 @@ pub fn delete(conn: &mut PgConnection, key: &str, if_match: &IfMatch, actor: &Ac
     )
 }
 
+/// Pins a host key trusted on first use, unless a key is pinned already (by a concurrent
+/// step); returns the key pinned now. Audited as the engine's act.
+pub fn pin_host_key(
+    conn: &mut PgConnection,
+    target: &crate::runners::ssh::PinTarget,
+    seen: &str,
+) -> Result<String> {
+    use diesel::sql_types::{Array, Jsonb, Text, Uuid as SqlUuid};
+    let path: Vec<String> = target.path.iter().map(|p| (*p).to_owned()).collect();
+    let current: Option<ResourceRow> = resources::table
+        .find(target.resource_id)
+        .for_update()
+        .select(ResourceRow::as_select())
+        .first(conn)
+        .optional()?;
+    let Some(current) = current else {
+        return Err(Error::conflict(format!(
+            "resource `{}` no longer exists",
+            target.name
+        )));
+    };
+    let mut pinned = &current.attributes;
+    for key in target.path {
+        pinned = pinned.get(*key).unwrap_or(&Value::Null);
+    }
+    if let Some(existing) = pinned.as_str() {
+        return Ok(existing.to_owned());
+    }
+    diesel::sql_query(
+        "UPDATE resources SET attributes = jsonb_set(attributes, $1, $2), \
+         version = version + 1, updated_at = now(), updated_by = 'engine' WHERE id = $3",
+    )
+    .bind::<Array<Text>, _>(&path)
+    .bind::<Jsonb, _>(json!(seen))
+    .bind::<SqlUuid, _>(target.resource_id)
+    .execute(conn)?;
+    audit::record(
+        conn,
+        &Actor {
+            subject: "engine".into(),
+            role: "system".into(),
+            request_id: None,
+        },
+        AuditEntry::new(
+            "pin_host_key",
+            "resource",
+            current.id,
+            &current.name,
+            json!({"field": path.join("."), "fingerprint": seen, "trust_on_first_use": true}),
+        ),
+    )?;
+    Ok(seen.to_owned())
+}
+
 fn changed_fields(current: &ResourceRow, next: &ResourceWrite) -> Vec<&'static str> {
     let mut changed = Vec::new();
     if current.name != next.name {

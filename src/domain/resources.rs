@@ -153,6 +153,10 @@ pub struct JumpServerAttributes {
     pub host_key_fingerprint: Option<String>,
     #[serde(default)]
     pub trust_on_first_use: bool,
+    /// Most connections in use through this jump server at once (default 32); more wait.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(example = 32, minimum = 1, maximum = 1000)]
+    pub max_connections: Option<u16>,
     #[serde(default, skip_serializing_if = "Map::is_empty")]
     pub extra: Map<String, Value>,
 }
@@ -306,6 +310,9 @@ pub fn validate_attributes(
                 &a.user,
                 a.host_key_fingerprint.as_deref(),
             );
+            if a.max_connections.is_some_and(|n| !(1..=1000).contains(&n)) {
+                v.add("attributes.max_connections", "must be between 1 and 1000");
+            }
             add_ref(
                 &mut v,
                 &mut refs,

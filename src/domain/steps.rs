@@ -144,6 +144,14 @@ pub struct SshLogin {
     pub credential: String,
     #[serde(default = "ssh_port")]
     pub port: u16,
+    /// The target's pinned host key (for a target given by address).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(example = "SHA256:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU")]
+    pub host_key_fingerprint: Option<String>,
+    /// Accept the first key seen for an address target, for the rest of the execution
+    /// (explicit opt-in; there is no resource to pin it to).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub trust_on_first_use: bool,
 }
 
 fn ssh_port() -> u16 {
@@ -164,6 +172,10 @@ pub struct RemoteScriptParams {
     /// A host or jump_server resource name, or an address (a template such as a recovered
     /// host's `private_ip`). Naming the `via` jump server itself runs the script there.
     pub target: String,
+    /// Where to reach a target resource instead of its inventory address: e.g. its recovered
+    /// copy's `private_ip` (the copy keeps the host's logins and pinned host key).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
     /// Name of the jump_server resource to tunnel through.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub via: Option<String>,
@@ -500,6 +512,17 @@ pub fn validate_step(
                 v.add(
                     format!("{prefix}.target"),
                     "must name a host, a jump server or an address",
+                );
+            }
+            if let Some(fp) = p
+                .login
+                .as_ref()
+                .and_then(|l| l.host_key_fingerprint.as_ref())
+            {
+                crate::domain::validation::check_fingerprint(
+                    &mut v,
+                    &format!("{prefix}.login.host_key_fingerprint"),
+                    fp,
                 );
             }
             to_value(&p)

@@ -54,6 +54,8 @@ pub struct Engine {
     /// Identifies this instance's leases.
     pub owner: String,
     pub wake: Notify,
+    /// SSH connections kept per execution, and the bounds per jump server.
+    pub ssh: Arc<crate::runners::ssh::SshPool>,
     stopped: AtomicBool,
     /// What never changes about an execution (plan, version, mode, params), by id: most steps
     /// then need no database read before they run.
@@ -72,6 +74,9 @@ type Recording = (
     oneshot::Sender<crate::error::Result<Option<store::Claimed>>>,
 );
 
+/// A kept SSH connection unused for this long is closed.
+const SSH_IDLE: Duration = Duration::from_secs(60);
+
 /// Most outcomes one transaction records.
 const RECORD_BATCH: usize = 32;
 
@@ -88,7 +93,12 @@ impl Engine {
             .and_then(|h| h.into_string().ok())
             .unwrap_or_else(|| "host".into());
         let (tx, rx) = mpsc::channel(1024);
+        let ssh = Arc::new(crate::runners::ssh::SshPool::new(
+            Some(db.clone()),
+            SSH_IDLE,
+        ));
         Arc::new(Self {
+            ssh,
             db,
             templates,
             master_key,
@@ -115,6 +125,13 @@ impl Engine {
         tasks.push(tokio::spawn(async move { engine.dispatch().await }));
         let engine = self.clone();
         tasks.push(tokio::spawn(async move { engine.reap_loop().await }));
+        let ssh = self.ssh.clone();
+        tasks.push(tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(SSH_IDLE / 4).await;
+                ssh.sweep();
+            }
+        }));
         if let Some(rx) = self.outcomes_rx.lock().ok().and_then(|mut r| r.take()) {
             let engine = self.clone();
             tasks.push(tokio::spawn(async move { engine.recorder(rx).await }));

@@ -99,7 +99,9 @@ impl Needs {
         let database = check_resource(step);
         Self {
             outputs: refs.iter().any(|r| r.starts_with("steps.")),
-            inventory: database.is_some() || refs.iter().any(|r| r.starts_with("resources.")),
+            inventory: database.is_some()
+                || step.definition.kind == StepKind::RemoteScript
+                || refs.iter().any(|r| r.starts_with("resources.")),
             credentials: credential_names(templates, step),
         }
     }
@@ -143,6 +145,13 @@ fn prepare(
         if let Some(cred) = db.attributes.get("credential").and_then(Value::as_str) {
             names.insert(cred.to_owned());
         }
+    }
+    // A remote script logs in with its jump server's, its host's or its own `login` credential.
+    if step.definition.kind == StepKind::RemoteScript {
+        names.extend(runners::ssh::credential_names(
+            &step.definition.params,
+            &inventory,
+        ));
     }
     let mut creds = BTreeMap::new();
     for name in names {
@@ -308,6 +317,9 @@ async fn attempt(engine: &Arc<Engine>, c: &Claimed, p: Prepared) -> Outcome {
         resource: check_resource(&p.step)
             .and_then(|name| p.inventory.resources.get(&name))
             .map(|r| r.attributes.clone()),
+        inventory: Arc::new(p.inventory),
+        execution: c.execution_id,
+        ssh: engine.ssh.clone(),
         log: log.clone(),
         cancel: cancel_rx,
         deadline,

@@ -58,6 +58,16 @@ impl LogSink {
         )
     }
 
+    /// A sink whose lines go nowhere (benchmarks, tools); call inside a tokio runtime.
+    pub fn discard() -> Self {
+        let (tx, mut rx) = mpsc::channel::<Line>(1024);
+        tokio::spawn(async move { while rx.recv().await.is_some() {} });
+        Self {
+            tx,
+            secrets: std::sync::Arc::new(Vec::new()),
+        }
+    }
+
     fn mask(&self, line: &str) -> String {
         let mut out = line.to_owned();
         for secret in self.secrets.iter() {

@@ -7,6 +7,8 @@ pub mod check;
 pub mod http;
 pub mod local;
 pub mod logs;
+pub mod script;
+pub mod ssh;
 
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -31,6 +33,12 @@ pub struct Attempt {
     /// For a check: the attributes of the resource it acts on (a `sql` check's database, a tcp
     /// or ping check's host given by name).
     pub resource: Option<Value>,
+    /// The inventory, for the steps that reach servers by name (remote_script).
+    pub inventory: std::sync::Arc<crate::domain::plans::Inventory>,
+    /// The execution this attempt belongs to (SSH connections are kept per execution).
+    pub execution: uuid::Uuid,
+    /// Kept SSH connections and the bounds per jump server.
+    pub ssh: std::sync::Arc<ssh::SshPool>,
     pub log: LogSink,
     /// Becomes true when the step must stop (cancelled, lease lost).
     pub cancel: watch::Receiver<bool>,
@@ -43,6 +51,7 @@ pub async fn run(attempt: Attempt) -> Outcome {
     match attempt.kind {
         StepKind::Wait => wait(attempt).await,
         StepKind::LocalScript => local::run(attempt).await,
+        StepKind::RemoteScript => ssh::run(attempt).await,
         StepKind::HttpRequest => http::run(attempt).await,
         StepKind::Check => check::run(attempt).await,
         StepKind::ManualApproval => {

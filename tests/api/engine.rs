@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use crate::common::{send, TestApp, TestResponse};
 
 /// Creates a local_script step.
-async fn script(app: &TestApp, name: &str, script: &str, extra: Value) {
+pub async fn script(app: &TestApp, name: &str, script: &str, extra: Value) {
     let mut body = json!({"name": name, "kind": "local_script", "params": {"script": script}});
     if let Value::Object(map) = extra {
         for (k, v) in map {
@@ -27,7 +27,7 @@ async fn script(app: &TestApp, name: &str, script: &str, extra: Value) {
     assert_eq!(r.status, 201, "{}", r.text);
 }
 
-async fn plan(app: &TestApp, name: &str, steps: Value) {
+pub async fn plan(app: &TestApp, name: &str, steps: Value) {
     let r = app
         .post_json(
             "/api/v1/plans",
@@ -37,7 +37,7 @@ async fn plan(app: &TestApp, name: &str, steps: Value) {
     assert_eq!(r.status, 201, "{}", r.text);
 }
 
-async fn start(app: &TestApp, plan: &str, body: Value) -> TestResponse {
+pub async fn start(app: &TestApp, plan: &str, body: Value) -> TestResponse {
     send(
         app.admin(Method::POST, &format!("/api/v1/plans/{plan}/executions"))
             .json(&body),
@@ -45,14 +45,14 @@ async fn start(app: &TestApp, plan: &str, body: Value) -> TestResponse {
     .await
 }
 
-async fn drill(app: &TestApp, plan: &str) -> String {
+pub async fn drill(app: &TestApp, plan: &str) -> String {
     let r = start(app, plan, json!({"mode": "drill"})).await;
     assert_eq!(r.status, 201, "{}", r.text);
     r.body["id"].as_str().unwrap().to_owned()
 }
 
 /// Polls the execution until `done` says so (or fails the test after `secs`).
-async fn wait_for(app: &TestApp, id: &str, secs: u64, done: impl Fn(&Value) -> bool) -> Value {
+pub async fn wait_for(app: &TestApp, id: &str, secs: u64, done: impl Fn(&Value) -> bool) -> Value {
     let deadline = Instant::now() + Duration::from_secs(secs);
     loop {
         let r = app.get(&format!("/api/v1/executions/{id}")).await;
@@ -68,7 +68,7 @@ async fn wait_for(app: &TestApp, id: &str, secs: u64, done: impl Fn(&Value) -> b
     }
 }
 
-async fn finished(app: &TestApp, id: &str, secs: u64) -> Value {
+pub async fn finished(app: &TestApp, id: &str, secs: u64) -> Value {
     wait_for(app, id, secs, |e| {
         matches!(
             e["status"].as_str(),
@@ -78,7 +78,7 @@ async fn finished(app: &TestApp, id: &str, secs: u64) -> Value {
     .await
 }
 
-fn step<'a>(execution: &'a Value, key: &str) -> &'a Value {
+pub fn step<'a>(execution: &'a Value, key: &str) -> &'a Value {
     execution["steps"]
         .as_array()
         .unwrap()
@@ -91,7 +91,7 @@ fn at(v: &Value) -> DateTime<Utc> {
     v.as_str().unwrap().parse().unwrap()
 }
 
-async fn logs(app: &TestApp, id: &str, step: &str) -> String {
+pub async fn logs(app: &TestApp, id: &str, step: &str) -> String {
     let mut all = String::new();
     let mut after = 0;
     loop {
@@ -113,7 +113,7 @@ async fn logs(app: &TestApp, id: &str, step: &str) -> String {
 }
 
 /// True while a process whose command line contains `needle` runs.
-fn process_running(needle: &str) -> bool {
+pub fn process_running(needle: &str) -> bool {
     std::fs::read_dir("/proc").unwrap().flatten().any(|e| {
         std::fs::read(e.path().join("cmdline"))
             .map(|c| {

@@ -13,3 +13,5 @@ mod openapi;
 mod plans;
 mod resources;
 mod runners;
+mod ssh;
+mod sshd;
