@@ -173,7 +173,7 @@ async fn a_sql_check_runs_its_query_against_the_database_resource() {
         e["steps"][0]["error"]
             .as_str()
             .unwrap()
-            .contains("returned Some(\"false\")"),
+            .contains("returned false"),
         "{e}"
     );
 }
