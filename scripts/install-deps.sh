@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # Installs, when missing, what building and testing dr-orchestrator needs on Debian/Ubuntu:
 # PostgreSQL's server (the embedded default and the tests run it), libpq's headers (diesel
-# links libpq), a C toolchain and pkg-config. Idempotent: installs nothing when all is there.
+# links libpq), a C toolchain and pkg-config, ping (ping checks) and dnsmasq's binary (the dns
+# check tests start one on a loopback port; `dnsmasq-base` is the binary without the system
+# service that the `dnsmasq` package would start on port 53). Idempotent: installs nothing when
+# all is there.
 set -euo pipefail
 
-packages=(postgresql libpq-dev build-essential pkg-config libssl-dev ca-certificates iputils-ping)
+packages=(postgresql libpq-dev build-essential pkg-config libssl-dev ca-certificates iputils-ping dnsmasq-base)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

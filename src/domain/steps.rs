@@ -304,25 +304,39 @@ pub struct CheckParams {
     /// http: text the body must contain.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub contains: Option<String>,
+    /// http: a regular expression (Rust `regex` syntax) the body must match somewhere.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(example = r"<title>WordPress( \d+\.\d+)?</title>")]
+    pub matches: Option<String>,
+    /// http: JSON pointer -> the value the JSON body must hold there. String values may be
+    /// templates (they render to, and compare as, strings).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(example = json!({"/status": "ok", "/replicas": 3}))]
+    pub json: Option<BTreeMap<String, Value>>,
     /// http: TLS verification.
     #[serde(default = "default_true")]
     pub tls_verify: bool,
-    /// dns: the name to resolve.
+    /// dns: the name to resolve (always as a fully qualified name: no search domains).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(example = "www.example.com")]
     pub name: Option<String>,
     /// dns: record type (default A).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub record_type: Option<DnsRecordType>,
-    /// dns: values the answer must contain.
+    /// dns: values the answer must contain (IPs compare as addresses, names case-insensitively
+    /// without the trailing dot); without it, the name must resolve.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(example = json!(["{{ steps.recover.outputs.hosts.nginx.public_ip }}"]))]
     pub expect: Option<Vec<String>>,
-    /// dns: resolver address (default: the system's).
+    /// dns: the name server to ask, `ip` or `ip:port` (`[ipv6]:port`); default: the system's
+    /// (/etc/resolv.conf). The hosts file is never read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(example = "198.51.100.53")]
     pub server: Option<String>,
-    /// sql: database resource name.
+    /// sql: database resource name (engine `postgresql`, `mysql` or `mariadb`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub database: Option<String>,
-    /// sql: query that must succeed (default `SELECT 1`).
+    /// sql: a query whose single value must not be false, 0, NULL or empty (default `SELECT 1`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub query: Option<String>,
     #[serde(default = "five_seconds")]
@@ -747,7 +761,8 @@ fn check_check(v: &mut Violations, prefix: &str, p: &CheckParams) {
             if let Some(statuses) = &p.expected_status {
                 check_statuses(v, &format!("{prefix}.expected_status"), statuses);
             }
-            &["url", "expected_status", "contains"]
+            check_body_expectations(v, prefix, p);
+            &["url", "expected_status", "contains", "matches", "json"]
         }
         CheckType::Ping => {
             need(v, p.host.is_some(), "host");
@@ -755,6 +770,7 @@ fn check_check(v: &mut Violations, prefix: &str, p: &CheckParams) {
         }
         CheckType::Dns => {
             need(v, p.name.is_some(), "name");
+            check_dns(v, prefix, p);
             &["name", "record_type", "expect", "server"]
         }
         CheckType::Sql => {
@@ -768,6 +784,8 @@ fn check_check(v: &mut Violations, prefix: &str, p: &CheckParams) {
         ("url", p.url.is_some()),
         ("expected_status", p.expected_status.is_some()),
         ("contains", p.contains.is_some()),
+        ("matches", p.matches.is_some()),
+        ("json", p.json.is_some()),
         ("name", p.name.is_some()),
         ("record_type", p.record_type.is_some()),
         ("expect", p.expect.is_some()),
@@ -789,6 +807,111 @@ fn check_check(v: &mut Violations, prefix: &str, p: &CheckParams) {
     if p.until < p.interval {
         v.add(format!("{prefix}.until"), "must be at least one interval");
     }
+}
+
+/// An http check's `matches` must compile and its `json` keys must be JSON pointers; templates
+/// are checked once rendered, when the check runs.
+fn check_body_expectations(v: &mut Violations, prefix: &str, p: &CheckParams) {
+    if let Some(pattern) = p.matches.as_deref().filter(|m| !is_template(m)) {
+        if let Err(e) = regex::Regex::new(pattern) {
+            v.add(
+                format!("{prefix}.matches"),
+                format!("is not a valid regular expression: {}", regex_error(&e)),
+            );
+        }
+    }
+    let Some(expected) = &p.json else { return };
+    if expected.is_empty() {
+        v.add(
+            format!("{prefix}.json"),
+            "map at least one JSON pointer to its expected value, or leave `json` out",
+        );
+    }
+    for (pointer, want) in expected {
+        let field = format!("{prefix}.json.{pointer}");
+        if !(pointer.is_empty() || pointer.starts_with('/')) {
+            v.add(
+                &field,
+                "must be a JSON pointer such as /status (empty for the whole body)",
+            );
+        }
+        // Templates are filled in by dotted path (`json./status`), which a `.` in the key breaks.
+        let templated = string_leaves(want).iter().any(|(_, t)| is_template(t));
+        if templated && pointer.contains('.') {
+            v.add(
+                field,
+                "a value under a pointer with `.` in it must be literal, not a template",
+            );
+        }
+    }
+}
+
+/// The reason of a regex error on one line: a syntax error's text quotes the pattern with a caret
+/// under the fault over several lines and ends with `error: <reason>`.
+pub fn regex_error(e: &regex::Error) -> String {
+    let text = e.to_string();
+    let last = text.lines().last().unwrap_or_default().trim();
+    last.strip_prefix("error: ").unwrap_or(last).to_owned()
+}
+
+/// A dns check's literal `expect` values must fit the record type, and `server` must be an
+/// address (with an optional port).
+fn check_dns(v: &mut Violations, prefix: &str, p: &CheckParams) {
+    if let Some(name) = p.name.as_deref().filter(|n| !is_template(n)) {
+        if !is_dns_name(name) {
+            v.add(
+                format!("{prefix}.name"),
+                format!("`{name}` is not a DNS name"),
+            );
+        }
+    }
+    if p.expect.as_ref().is_some_and(Vec::is_empty) {
+        v.add(
+            format!("{prefix}.expect"),
+            "list at least one value, or leave `expect` out to only require an answer",
+        );
+    }
+    let record_type = p.record_type.unwrap_or(DnsRecordType::A);
+    let literal = p.expect.iter().flatten().enumerate();
+    for (i, value) in literal.filter(|(_, value)| !is_template(value)) {
+        let field = format!("{prefix}.expect[{i}]");
+        match record_type {
+            DnsRecordType::A if value.parse::<std::net::Ipv4Addr>().is_err() => {
+                v.add(field, format!("`{value}` is not an IPv4 address (type A)"))
+            }
+            DnsRecordType::AAAA if value.parse::<std::net::Ipv6Addr>().is_err() => v.add(
+                field,
+                format!("`{value}` is not an IPv6 address (type AAAA)"),
+            ),
+            DnsRecordType::CNAME if !is_dns_name(value) => {
+                v.add(field, format!("`{value}` is not a DNS name (type CNAME)"))
+            }
+            _ => {}
+        }
+    }
+    if let Some(server) = p.server.as_deref().filter(|s| !is_template(s)) {
+        if parse_name_server(server).is_none() {
+            v.add(
+                format!("{prefix}.server"),
+                format!("`{server}` is not a name server address: write `ip` or `ip:port` (`[ipv6]:port`)"),
+            );
+        }
+    }
+}
+
+/// A name as DNS has it: host names, and labels such as `_dmarc` or `_sip._tcp` that records
+/// other than addresses use.
+fn is_dns_name(name: &str) -> bool {
+    super::validation::is_hostname(&name.replace('_', "x"))
+}
+
+/// `ip` (port 53) or `ip:port` / `[ipv6]:port`.
+pub fn parse_name_server(server: &str) -> Option<std::net::SocketAddr> {
+    let server = server.trim();
+    if let Ok(ip) = server.parse::<std::net::IpAddr>() {
+        return Some(std::net::SocketAddr::new(ip, 53));
+    }
+    server.parse().ok()
 }
 
 /// The string parameters that name things and so must be literal.
@@ -1130,6 +1253,88 @@ mod tests {
             json!({"target": "t", "script": "mysql", "env": {"MYSQL_PWD": "{{ credentials.db.password }}"}})
         )
         .is_ok());
+    }
+
+    #[test]
+    fn an_http_checks_regex_and_json_pointers_are_validated_when_saved() {
+        let http = |extra: Value| {
+            let mut params = json!({"type": "http", "url": "https://www.example.com/health"});
+            crate::domain::merge_patch(&mut params, &extra);
+            check(StepKind::Check, params)
+        };
+        assert_eq!(
+            http(json!({"matches": "ready (\\d+"})).unwrap_err(),
+            vec!["params.matches"]
+        );
+        assert_eq!(
+            http(json!({"json": {"status": "ok", "/replicas": 3}})).unwrap_err(),
+            vec!["params.json.status"]
+        );
+        assert_eq!(http(json!({"json": {}})).unwrap_err(), vec!["params.json"]);
+        // Templates are checked once rendered; "" points at the whole body.
+        assert!(http(json!({"matches": "{{ params.pattern }}",
+            "json": {"/version": "{{ params.version }}", "": {"status": "ok"}, "/app.name": "wp"}}))
+        .is_ok());
+        assert_eq!(
+            http(json!({"json": {"/app.version": "{{ params.version }}"}})).unwrap_err(),
+            vec!["params.json./app.version"]
+        );
+        let errors = validate_step(
+            &TemplateEngine::new(),
+            StepKind::Check,
+            &json!({"type": "http", "url": "https://x.example/", "matches": "a(b"}),
+            StepOptions::default(),
+            "params",
+        )
+        .unwrap_err();
+        assert_eq!(
+            errors[0].message,
+            "is not a valid regular expression: unclosed group"
+        );
+        assert_eq!(
+            check(
+                StepKind::Check,
+                json!({"type": "tcp", "host": "h", "port": 22, "matches": "SSH", "json": {"/a": 1}})
+            )
+            .unwrap_err(),
+            vec!["params.matches", "params.json"]
+        );
+    }
+
+    #[test]
+    fn a_dns_checks_expected_values_and_server_are_validated_when_saved() {
+        let dns = |params: Value| check(StepKind::Check, params);
+        assert_eq!(
+            dns(
+                json!({"type": "dns", "name": "www.example.com", "record_type": "AAAA",
+                "expect": ["2001:db8::1", "203.0.113.5"]})
+            )
+            .unwrap_err(),
+            vec!["params.expect[1]"]
+        );
+        assert_eq!(
+            dns(json!({"type": "dns", "name": "www.example.com", "expect": []})).unwrap_err(),
+            vec!["params.expect"]
+        );
+        assert_eq!(
+            dns(json!({"type": "dns", "name": "not a name", "server": "ns1.example.com"}))
+                .unwrap_err(),
+            vec!["params.name", "params.server"]
+        );
+        assert!(dns(
+            json!({"type": "dns", "name": "_dmarc.example.com", "record_type": "TXT",
+            "expect": ["v=DMARC1; p=reject"], "server": "[2001:db8::53]:5353"})
+        )
+        .is_ok());
+        assert!(dns(
+            json!({"type": "dns", "name": "www.example.com", "record_type": "CNAME",
+            "expect": ["LB.example.net.", "{{ params.target }}"], "server": "198.51.100.53"})
+        )
+        .is_ok());
+        assert_eq!(
+            parse_name_server("198.51.100.53").map(|a| a.port()),
+            Some(53)
+        );
     }
 
     #[test]

@@ -1058,7 +1058,7 @@ mod tests {
             .spawn()
             .unwrap();
         let mut stdin = child.stdin.take().unwrap();
-        write!(stdin, "{}{ENV_END}\n", export_line("TOKEN", "s3cr3t")).unwrap();
+        writeln!(stdin, "{}{ENV_END}", export_line("TOKEN", "s3cr3t")).unwrap();
         let out = child.wait_with_output().unwrap();
         drop(stdin);
         assert_eq!(String::from_utf8_lossy(&out.stdout), "token=s3cr3t\n");

@@ -4,13 +4,18 @@
 //! PostgreSQL is found in this order: `TEST_DATABASE_URL`; a server on 127.0.0.1:5432 (user
 //! `postgres`, trust auth, as on the CI machine); a private cluster under
 //! `target/test-postgres` managed with the service's own embedded mode.
+//!
+//! For the runners: a small HTTP service (`start_http_server`) and `run_single`, which runs one
+//! step as a one-step plan's drill.
 
 use std::io::Write;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use actix_web::dev::ServerHandle;
-use actix_web::HttpServer;
+use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use diesel::prelude::*;
 use dr_orchestrator::auth::Role;
 use dr_orchestrator::crypto::MasterKey;
@@ -20,9 +25,8 @@ use dr_orchestrator::engine::{Engine, EngineConfig};
 use dr_orchestrator::secrets::Secrets;
 use dr_orchestrator::{build_app, AppState};
 use reqwest::Method;
-use serde_json::Value;
+use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
-use std::time::Duration;
 use zeroize::Zeroizing;
 
 /// How to reach the test server for a given database name.
@@ -402,5 +406,110 @@ pub async fn send(request: reqwest::RequestBuilder) -> TestResponse {
         headers,
         text,
         body,
+    }
+}
+
+/// A small HTTP service for the runners' tests: `/api/records/{id}` (needs the bearer token
+/// `t0k`), `/flaky` (503 for the first three calls, then 200 with `WordPress`), `/status/{n}`,
+/// `/health` (JSON: `{"status": "ok", "replicas": 3, "version": "6.4.2", ...}`).
+pub fn start_http_server() -> (String, actix_web::dev::ServerHandle) {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let server = HttpServer::new(move || {
+        let calls = calls.clone();
+        App::new()
+            .route(
+                "/api/records/{id}",
+                web::put().to(
+                    |req: HttpRequest, body: web::Json<Value>, id: web::Path<String>| async move {
+                        let auth = req
+                            .headers()
+                            .get("authorization")
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or_default();
+                        if auth != "Bearer t0k" {
+                            return HttpResponse::Unauthorized().finish();
+                        }
+                        HttpResponse::Ok()
+                            .json(json!({"data": {"id": id.into_inner(), "value": body["value"]}}))
+                    },
+                ),
+            )
+            .route(
+                "/flaky",
+                web::get().to(move || {
+                    let n = calls.fetch_add(1, Ordering::SeqCst);
+                    async move {
+                        if n < 3 {
+                            HttpResponse::ServiceUnavailable().body("starting")
+                        } else {
+                            HttpResponse::Ok().body("<title>WordPress</title>")
+                        }
+                    }
+                }),
+            )
+            .route(
+                "/health",
+                web::get().to(|| async {
+                    HttpResponse::Ok()
+                        .json(json!({"status": "ok", "replicas": 3, "version": "6.4.2",
+                        "db": {"role": "primary", "lag": 0}}))
+                }),
+            )
+            .route(
+                "/status/{n}",
+                web::get().to(|n: web::Path<u16>| async move {
+                    HttpResponse::build(
+                        actix_web::http::StatusCode::from_u16(n.into_inner()).unwrap(),
+                    )
+                    .finish()
+                }),
+            )
+    })
+    .workers(1)
+    .disable_signals()
+    .bind(("127.0.0.1", 0))
+    .unwrap();
+    let addr = server.addrs()[0];
+    let server = server.run();
+    let handle = server.handle();
+    tokio::spawn(server);
+    (format!("http://{addr}"), handle)
+}
+
+/// Saves `params` as a step `name` of `kind`, runs it as a one-step plan's drill and returns the
+/// execution once it has ended.
+pub async fn run_single(app: &TestApp, name: &str, kind: &str, params: Value) -> Value {
+    let r = app
+        .post_json(
+            "/api/v1/steps",
+            &json!({"name": name, "kind": kind, "params": params}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let r = app
+        .post_json(
+            "/api/v1/plans",
+            &json!({"name": format!("p_{name}"), "steps": [{"key": "s", "step": name}]}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let r = send(
+        app.admin(Method::POST, &format!("/api/v1/plans/p_{name}/executions"))
+            .json(&json!({"mode": "drill"})),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let id = r.body["id"].as_str().unwrap().to_owned();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let e = app.get(&format!("/api/v1/executions/{id}")).await;
+        if matches!(
+            e.body["status"].as_str(),
+            Some("succeeded" | "failed" | "cancelled")
+        ) {
+            return e.body;
+        }
+        assert!(Instant::now() < deadline, "{}", e.text);
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

@@ -3,6 +3,7 @@
 mod common;
 
 mod auth;
+mod checks;
 mod cli;
 mod credentials;
 mod engine;
