@@ -7,7 +7,7 @@
 # all is there.
 set -euo pipefail
 
-packages=(postgresql libpq-dev build-essential pkg-config libssl-dev ca-certificates iputils-ping dnsmasq-base)
+packages=(postgresql libpq-dev build-essential pkg-config libssl-dev ca-certificates iputils-ping dnsmasq-base openssh-server openssh-client nginx pssh iproute2)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -775,6 +775,7 @@ fn check_named_resources(
             if let Some(host) = str_at("host").filter(|h| !is_template(h)) {
                 check_address_or_resource(v, &format!("{prefix}.host"), host, inventory);
             }
+            check_via(v, prefix, p, inventory);
         }
         StepKind::HttpRequest => {
             if let Some(Value::Object(auth)) = p.get("auth") {
@@ -813,8 +814,8 @@ fn check_named_resources(
     }
 }
 
-fn check_remote_target(v: &mut Violations, prefix: &str, p: &Value, inventory: &Inventory) {
-    let target = p.get("target").and_then(Value::as_str).unwrap_or_default();
+/// A step's `via` must name a jump_server whose credential can log in.
+fn check_via(v: &mut Violations, prefix: &str, p: &Value, inventory: &Inventory) {
     if let Some(via) = p.get("via").and_then(Value::as_str) {
         let field = format!("{prefix}.via");
         match inventory.resources.get(via) {
@@ -839,6 +840,11 @@ fn check_remote_target(v: &mut Violations, prefix: &str, p: &Value, inventory: &
             }
         }
     }
+}
+
+fn check_remote_target(v: &mut Violations, prefix: &str, p: &Value, inventory: &Inventory) {
+    let target = p.get("target").and_then(Value::as_str).unwrap_or_default();
+    check_via(v, prefix, p, inventory);
     let login = p.get("login");
     if let Some(cred) = login
         .and_then(|l| l.get("credential"))

@@ -289,6 +289,11 @@ pub enum CheckType {
 pub struct CheckParams {
     #[serde(rename = "type")]
     pub check_type: CheckType,
+    /// Run the probe from this jump_server (tcp, ping, http, dns): for networks only it
+    /// reaches. http needs `curl` there, dns `getent` (or `dig` with a `server`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(example = "jump01")]
+    pub via: Option<String>,
     /// tcp, ping: address or host resource name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host: Option<String>,
@@ -775,6 +780,12 @@ fn check_check(v: &mut Violations, prefix: &str, p: &CheckParams) {
         }
         CheckType::Sql => {
             need(v, p.database.is_some(), "database");
+            if p.via.is_some() {
+                v.add(
+                    format!("{prefix}.via"),
+                    "sql checks connect from the orchestrator; they cannot run from a jump server",
+                );
+            }
             &["database", "query"]
         }
     };
@@ -921,7 +932,7 @@ fn literal_fields(kind: StepKind) -> &'static [&'static str] {
         StepKind::RemoteScript => &["via", "login", "credentials", "outputs"],
         StepKind::LocalScript => &["credentials", "outputs"],
         StepKind::HttpRequest => &["auth", "outputs"],
-        StepKind::Check => &["database"],
+        StepKind::Check => &["database", "via"],
         StepKind::ManualApproval | StepKind::Wait => &[],
     }
 }

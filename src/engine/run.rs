@@ -101,6 +101,7 @@ impl Needs {
             outputs: refs.iter().any(|r| r.starts_with("steps.")),
             inventory: database.is_some()
                 || step.definition.kind == StepKind::RemoteScript
+                || step.definition.params.get("via").is_some()
                 || refs.iter().any(|r| r.starts_with("resources.")),
             credentials: credential_names(templates, step),
         }
@@ -147,7 +148,8 @@ fn prepare(
         }
     }
     // A remote script logs in with its jump server's, its host's or its own `login` credential.
-    if step.definition.kind == StepKind::RemoteScript {
+    if step.definition.kind == StepKind::RemoteScript || step.definition.params.get("via").is_some()
+    {
         names.extend(runners::ssh::credential_names(
             &step.definition.params,
             &inventory,

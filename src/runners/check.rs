@@ -93,6 +93,9 @@ async fn probe(attempt: &Attempt, per_try: Duration) -> Result<String, Miss> {
         .and_then(Value::as_str)
         .or_else(|| str_param(params, "host"))
         .unwrap_or_default();
+    if let Some(via) = str_param(params, "via") {
+        return from_jump(attempt, via, host, per_try).await;
+    }
     match str_param(params, "type").unwrap_or_default() {
         "tcp" => {
             let port = params.get("port").and_then(Value::as_u64).unwrap_or(0);
@@ -137,6 +140,11 @@ async fn http(params: &Value, per_try: Duration) -> Result<String, Miss> {
         .map_err(|e| format!("GET {url}: {e}"))?;
     let status = response.status().as_u16();
     let body = super::http::bounded_body(response).await?;
+    judge_http(params, url, status, &String::from_utf8_lossy(&body))
+}
+
+/// The status must be accepted, then the body must satisfy `contains`, `matches` and `json`.
+fn judge_http(params: &Value, url: &str, status: u16, body: &str) -> Result<String, Miss> {
     let expected: Option<Vec<u64>> = params
         .get("expected_status")
         .and_then(Value::as_array)
@@ -148,9 +156,124 @@ async fn http(params: &Value, per_try: Duration) -> Result<String, Miss> {
     if !status_ok {
         return Err(format!("GET {url}: HTTP {status}").into());
     }
-    let seen = check_body(params, &String::from_utf8_lossy(&body))
+    let seen = check_body(params, body)
         .map_err(|miss| miss.context(|why| format!("GET {url}: HTTP {status}, but {why}")))?;
     Ok(format!("GET {url}: HTTP {status}{seen}"))
+}
+
+/// The probe run from the jump server `via`, over SSH: tcp opens a `direct-tcpip` channel
+/// there; ping, http and dns run the jump server's `ping`, `curl`, and `getent` (or `dig` for
+/// a given name server or other record types).
+async fn from_jump(
+    attempt: &Attempt,
+    via: &str,
+    host: &str,
+    per_try: Duration,
+) -> Result<String, Miss> {
+    use super::ssh;
+    let params = &attempt.params;
+    let route = ssh::on_jump(
+        attempt.execution,
+        via,
+        &attempt.inventory,
+        &attempt.credentials,
+    )
+    .map_err(Miss::settled)?;
+    let (pool, log) = (&attempt.ssh, &attempt.log);
+    // Connecting to the jump server is part of the try.
+    let within = per_try + Duration::from_secs(10);
+    let wait = per_try.as_secs().max(1);
+    let quote = |s: &str| {
+        shlex::try_quote(s)
+            .map(|q| q.into_owned())
+            .map_err(|_| Miss::settled(format!("`{s}` cannot be passed to a shell")))
+    };
+    let from = format!("from jump server `{via}`");
+    match str_param(params, "type").unwrap_or_default() {
+        "tcp" => {
+            let port = params.get("port").and_then(Value::as_u64).unwrap_or(0) as u16;
+            pool.connect_from_jump(&route, host, port, log, within)
+                .await
+                .map(|()| format!("connected to {host}:{port} {from}"))
+                .map_err(|e| format!("{host}:{port} {from}: {e}").into())
+        }
+        "ping" => {
+            let command = format!("ping -c 1 -W {wait} -- {}", quote(host)?);
+            let (code, out) = pool.capture(&route, &command, log, within).await?;
+            let summary = out
+                .lines()
+                .find(|l| l.contains("time="))
+                .unwrap_or_else(|| out.lines().last().unwrap_or("no reply"))
+                .trim()
+                .to_owned();
+            let detail = format!("ping {host} {from}: {summary}");
+            if code == Some(0) {
+                Ok(detail)
+            } else {
+                Err(detail.into())
+            }
+        }
+        "http" => {
+            let url = str_param(params, "url").unwrap_or_default();
+            let insecure = params.get("tls_verify").and_then(Value::as_bool) == Some(false);
+            let command = format!(
+                "curl -sS --max-time {wait} --max-redirs 5 -L {} -o - -w '\n%{{http_code}}' -- {}",
+                if insecure { "-k" } else { "" },
+                quote(url)?
+            );
+            let (code, out) = pool.capture(&route, &command, log, within).await?;
+            let (body, status) = out.rsplit_once('\n').unwrap_or(("", out.as_str()));
+            match (code, status.trim().parse::<u16>()) {
+                (Some(0), Ok(status)) => judge_http(params, url, status, body)
+                    .map(|ok| format!("{ok} {from}"))
+                    .map_err(|miss| miss.context(|why| format!("{why} ({from})"))),
+                (Some(127), _) => Err(Miss::settled(format!("`curl` is not installed on jump server `{via}`"))),
+                _ => Err(format!("GET {url} {from}: {}", out.trim()).into()),
+            }
+        }
+        "dns" => {
+            let name = str_param(params, "name").unwrap_or_default().trim();
+            let record_type = str_param(params, "record_type").unwrap_or("A");
+            let command = match (str_param(params, "server"), record_type) {
+                (None, "A") => format!("getent ahostsv4 {} | cut -d' ' -f1 | sort -u", quote(name)?),
+                (None, "AAAA") => format!("getent ahostsv6 {} | cut -d' ' -f1 | sort -u", quote(name)?),
+                (server, _) => {
+                    let at = match server.map(|s| s.rsplit_once(':').filter(|(h, _)| !h.contains(':')).unwrap_or((s, "53"))) {
+                        Some((ip, port)) => format!("@{} -p {}", quote(ip)?, quote(port)?),
+                        None => String::new(),
+                    };
+                    format!("dig +short +time={wait} +tries=1 {at} -t {} -- {}", quote(record_type)?, quote(name)?)
+                }
+            };
+            let rtype = RecordType::from_str(record_type)
+                .map_err(|_| Miss::settled(format!("`{record_type}` is not a DNS record type")))?;
+            let (_, out) = pool.capture(&route, &command, log, within).await?;
+            let answered: Vec<String> = out
+                .lines()
+                .map(|l| l.trim().trim_end_matches('.').to_owned())
+                .filter(|l| !l.is_empty())
+                .collect();
+            let query = format!("{name} {record_type} {from}");
+            if answered.is_empty() {
+                return Err(format!("{query}: no answer").into());
+            }
+            let listed = answered.join(", ");
+            let mut missing = Vec::new();
+            for want in params.get("expect").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str) {
+                if !answer_holds(rtype, &answered, want)? {
+                    missing.push(want);
+                }
+            }
+            if missing.is_empty() {
+                Ok(format!("{query}: answered {listed}"))
+            } else {
+                Err(format!("{query}: answered {listed}, not {}", missing.join(", ")).into())
+            }
+        }
+        other => Err(Miss::settled(format!(
+            "`{other}` checks cannot run from a jump server in this build (tcp, ping, http and dns can)"
+        ))),
+    }
 }
 
 /// The body against `contains`, `matches` and `json`: `Ok` with what the JSON pointers held (as

@@ -243,6 +243,81 @@ impl SshPool {
         (Map::new(), End::Stopped("no connection".into()))
     }
 
+    /// Runs `command` as it is (no wrapper, no environment) on the route's server and returns
+    /// its exit code and stdout (at most 1 MiB): a check's probe run from a jump server.
+    pub async fn capture(
+        &self,
+        route: &Route,
+        command: &str,
+        log: &LogSink,
+        within: Duration,
+    ) -> Result<(Option<i32>, String), String> {
+        let work = async {
+            let _bound = self.bounded(route).await?;
+            let (conn, _in_use, key) = self.connection(route, log).await?;
+            conn.touch();
+            let ran = match &conn.session {
+                Session::Tcp(s) => capture_on(s, command).await,
+                Session::Tunnel(s) => capture_on(s, command).await,
+            };
+            if ran.is_err() {
+                self.forget(&key, &conn).await;
+            }
+            ran
+        };
+        tokio::time::timeout(within, work)
+            .await
+            .map_err(|_| format!("no answer within {within:?}"))?
+    }
+
+    /// Opens a TCP connection to `host:port` from the route's jump server (a `direct-tcpip`
+    /// channel), and closes it: a tcp check run from the jump server.
+    pub async fn connect_from_jump(
+        &self,
+        route: &Route,
+        host: &str,
+        port: u16,
+        log: &LogSink,
+        within: Duration,
+    ) -> Result<(), String> {
+        let work = async {
+            let _bound = self.bounded(route).await?;
+            let (conn, _in_use, _) = self.connection(route, log).await?;
+            let Session::Tcp(session) = &conn.session else {
+                return Err("a jump server is reached directly".to_owned());
+            };
+            let mut channel = session
+                .channel_direct_tcpip(host, port, None)
+                .await
+                .map_err(|e| e.to_string())?;
+            let _ = channel.close().await;
+            Ok(())
+        };
+        tokio::time::timeout(within, work)
+            .await
+            .map_err(|_| format!("no answer within {within:?}"))?
+    }
+
+    /// A use of the route's jump server within its bound.
+    async fn bounded(&self, route: &Route) -> Result<Option<OwnedSemaphorePermit>, String> {
+        let Some(jump) = &route.jump else {
+            return Ok(None);
+        };
+        self.limit(jump)
+            .acquire_owned()
+            .await
+            .map(Some)
+            .map_err(|e| e.to_string())
+    }
+
+    fn limit(&self, jump: &Jump) -> Arc<Semaphore> {
+        let mut limits = self.limits.lock().unwrap_or_else(|e| e.into_inner());
+        limits
+            .entry(format!("{}/{}", jump.name, jump.max_connections))
+            .or_insert_with(|| Arc::new(Semaphore::new(jump.max_connections.max(1))))
+            .clone()
+    }
+
     /// Waits for a free use of the route's jump server, if it has one.
     async fn jump_permit(
         &self,
@@ -252,16 +327,7 @@ impl SshPool {
         let Some(jump) = &route.jump else {
             return Ok(None);
         };
-        let limit = {
-            let mut limits = self
-                .limits
-                .lock()
-                .map_err(|_| End::Stopped("poisoned".into()))?;
-            limits
-                .entry(format!("{}/{}", jump.name, jump.max_connections))
-                .or_insert_with(|| Arc::new(Semaphore::new(jump.max_connections.max(1))))
-                .clone()
-        };
+        let limit = self.limit(jump);
         if limit.available_permits() == 0 {
             job.log
                 .system(&format!(
@@ -673,6 +739,38 @@ where
     }
 }
 
+/// Runs a command on a session and collects its stdout (bounded) and exit code.
+async fn capture_on<S>(
+    session: &AsyncSession<S>,
+    command: &str,
+) -> Result<(Option<i32>, String), String>
+where
+    S: AsyncSessionStream + Send + Sync + 'static,
+{
+    use tokio::io::AsyncReadExt;
+    let mut channel = session
+        .channel_session()
+        .await
+        .map_err(|e| format!("cannot open a session channel: {e}"))?;
+    channel
+        .exec(command)
+        .await
+        .map_err(|e| format!("the server refused to run the probe: {e}"))?;
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let mut stdout = Nudged::new(channel.stream(0)).take(1 << 20);
+    let mut stderr = Nudged::new(channel.stderr()).take(64 << 10);
+    let (a, b) = tokio::join!(stdout.read_to_end(&mut out), stderr.read_to_end(&mut err));
+    a.and(b)
+        .map_err(|e| format!("reading the probe's output failed: {e}"))?;
+    let _ = channel.close().await;
+    let _ = channel.wait_close().await;
+    let mut text = String::from_utf8_lossy(&out).into_owned();
+    if text.trim().is_empty() {
+        text = String::from_utf8_lossy(&err).into_owned();
+    }
+    Ok((channel.exit_status().ok(), text))
+}
+
 /// An async-ssh2-lite stream polled again after `NUDGE` whenever it says "not yet": its
 /// readiness comes from the session's one socket, which every channel of the session reads, so
 /// a channel's wake-up can be consumed by another's read (or never registered at all).
@@ -919,6 +1017,38 @@ fn resource_endpoint(
     })
 }
 
+/// The jump server resource `via`, ready to connect to.
+fn jump_of(via: &str, inventory: &Inventory, credentials: &Credentials) -> Result<Jump, String> {
+    let res = inventory
+        .resources
+        .get(via)
+        .filter(|r| r.kind == ResourceKind::JumpServer)
+        .ok_or_else(|| format!("`{via}` is not a jump_server in the inventory"))?;
+    Ok(Jump {
+        name: via.to_owned(),
+        endpoint: resource_endpoint(via, res, None, None, credentials)?,
+        max_connections: res
+            .attributes
+            .get("max_connections")
+            .and_then(Value::as_u64)
+            .map_or(DEFAULT_MAX_CONNECTIONS, |n| n as usize),
+    })
+}
+
+/// The route of a probe run on the jump server `via` (a check's `via`).
+pub fn on_jump(
+    execution: Uuid,
+    via: &str,
+    inventory: &Inventory,
+    credentials: &Credentials,
+) -> Result<Route, String> {
+    Ok(Route {
+        execution,
+        jump: Some(jump_of(via, inventory, credentials)?),
+        target: None,
+    })
+}
+
 /// The route a `remote_script` (rendered params) takes.
 pub fn route(
     execution: Uuid,
@@ -931,22 +1061,7 @@ pub fn route(
     let address = text(params, "address");
     let jump = match text(params, "via") {
         None => None,
-        Some(via) => {
-            let res = inventory
-                .resources
-                .get(via)
-                .filter(|r| r.kind == ResourceKind::JumpServer)
-                .ok_or_else(|| format!("`{via}` is not a jump_server in the inventory"))?;
-            Some(Jump {
-                name: via.to_owned(),
-                endpoint: resource_endpoint(via, res, None, None, credentials)?,
-                max_connections: res
-                    .attributes
-                    .get("max_connections")
-                    .and_then(Value::as_u64)
-                    .map_or(DEFAULT_MAX_CONNECTIONS, |n| n as usize),
-            })
-        }
+        Some(via) => Some(jump_of(via, inventory, credentials)?),
     };
     // The script runs on the jump server itself.
     if jump.as_ref().is_some_and(|j| j.name == target) {

@@ -748,3 +748,234 @@ fn tempdir(tag: &str) -> String {
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
     dir.display().to_string()
 }
+
+async fn check_step(app: &TestApp, name: &str, params: Value) -> Value {
+    created(
+        app,
+        "/api/v1/steps",
+        json!({"name": name, "kind": "check", "params": params}),
+    )
+    .await;
+    plan(
+        app,
+        &format!("p_{name}"),
+        json!([{"key": "s", "step": name}]),
+    )
+    .await;
+    let id = drill(app, &format!("p_{name}")).await;
+    finished(app, &id, 90).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checks_run_from_the_jump_server_reach_what_only_it_can_reach() {
+    let Some(f) = sshd::fixture() else { return };
+    let app = TestApp::spawn_with_engine(2).await;
+    credentials(&app, f).await;
+    let Some(net) = hidden_network(&app, f, 4).await else {
+        return;
+    };
+    // An HTTP server on the namespace's own loopback.
+    let port = 8088;
+    let _web = KillOnDrop(
+        std::process::Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &net.ns.name,
+                "python3",
+                "-m",
+                "http.server",
+            ])
+            .args([
+                "--bind",
+                "127.0.0.1",
+                &port.to_string(),
+                "--directory",
+                "/etc",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let fast = json!({"interval": "1s", "until": "20s"});
+    let with = |extra: Value| {
+        let mut p = fast.clone();
+        for (k, v) in extra.as_object().unwrap() {
+            p[k] = v.clone();
+        }
+        p
+    };
+    let e = check_step(
+        &app,
+        "tcp_from_jump",
+        with(json!({"type": "tcp", "host": "127.0.0.1", "port": net.target_port, "via": "jump01"})),
+    )
+    .await;
+    assert_eq!(e["status"], "succeeded", "{e}");
+    let evidence = step(&e, "s")["outputs"]["evidence"].to_string();
+    assert!(evidence.contains("from jump server `jump01`"), "{evidence}");
+    let e = check_step(
+        &app,
+        "http_from_jump",
+        with(
+            json!({"type": "http", "url": format!("http://127.0.0.1:{port}/"),
+                    "contains": "Directory listing", "via": "jump01"}),
+        ),
+    )
+    .await;
+    assert_eq!(e["status"], "succeeded", "{e}");
+    let e = check_step(
+        &app,
+        "ping_from_jump",
+        with(json!({"type": "ping", "host": net.ns.ns_ip, "via": "jump01"})),
+    )
+    .await;
+    assert_eq!(e["status"], "succeeded", "{e}");
+    let e = check_step(
+        &app,
+        "dns_from_jump",
+        with(json!({"type": "dns", "name": "localhost", "expect": ["127.0.0.1"], "via": "jump01"})),
+    )
+    .await;
+    assert_eq!(e["status"], "succeeded", "{e}");
+    // The same HTTP probe from the orchestrator itself finds nothing there.
+    let e = check_step(
+        &app,
+        "http_direct",
+        json!({"type": "http", "url": format!("http://127.0.0.1:{port}/"),
+               "contains": "Directory listing", "interval": "1s", "until": "2s"}),
+    )
+    .await;
+    assert_eq!(e["status"], "failed", "{e}");
+}
+
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The seed's scenario-1 web tier: nginx's upstream still names the old WordPress address; a
+/// remote script rewrites it with `sed` to the recovered one, tests and reloads nginx, and an
+/// http check through nginx then passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_web_tier_step_repoints_nginx_to_the_recovered_backend() {
+    let Some(f) = sshd::fixture() else { return };
+    if !std::path::Path::new("/usr/sbin/nginx").exists() {
+        eprintln!("SKIPPED: nginx is not installed (Debian: nginx)");
+        return;
+    }
+    let sshd = Sshd::start(f, Options::default());
+    let app = TestApp::spawn_with_engine(2).await;
+    credentials(&app, f).await;
+    let (backend, _server) = crate::common::start_http_server();
+    let backend_port = backend.rsplit(':').next().unwrap().to_owned();
+    // nginx runs as the SSH user, who owns its configuration (as an admin would with sudo).
+    let dir = tempdir("nginx");
+    let nginx_port = sshd::free_port();
+    let conf = format!("{dir}/nginx.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "pid {dir}/nginx.pid;\nerror_log {dir}/error.log;\nevents {{}}\nhttp {{\n\
+             access_log off;\nclient_body_temp_path {dir}; proxy_temp_path {dir};\n\
+             fastcgi_temp_path {dir}; uwsgi_temp_path {dir}; scgi_temp_path {dir};\n\
+             upstream wordpress {{ server 127.0.0.9:{backend_port}; }}\n\
+             server {{ listen 127.0.0.1:{nginx_port}; location / {{ proxy_pass http://wordpress; }} }}\n}}\n"
+        ),
+    )
+    .unwrap();
+    std::process::Command::new("chown")
+        .args(["-R", PASSWORD_USER, &dir])
+        .status()
+        .unwrap();
+    let _nginx = KillOnDrop(
+        std::process::Command::new("runuser")
+            .args([
+                "-u",
+                PASSWORD_USER,
+                "--",
+                "/usr/sbin/nginx",
+                "-c",
+                &conf,
+                "-g",
+                "daemon off;",
+            ])
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let site = format!("http://127.0.0.1:{nginx_port}/health");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let before = loop {
+        match reqwest::get(&site).await {
+            Ok(r) => break r.status().as_u16(),
+            Err(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            Err(e) => panic!("nginx did not start: {e}"),
+        }
+    };
+    assert_eq!(
+        before, 502,
+        "the old upstream must be dead before the switch"
+    );
+    host(
+        &app,
+        "nginx",
+        "127.0.0.1",
+        sshd.port,
+        json!({"host_key_fingerprint": sshd.fingerprint}),
+    )
+    .await;
+    created(
+        &app,
+        "/api/v1/resources",
+        json!({"name": "wordpress", "kind": "host", "attributes": {"private_ip": "127.0.0.9"}}),
+    )
+    .await;
+    remote_step(
+        &app,
+        "switch_upstream",
+        json!({"target": "nginx",
+               "script": format!("sed -i \"s/{{{{ resources.wordpress.private_ip | bare }}}}/{{{{ params.recovered_ip | bare }}}}/\" {conf}\n\
+                                  /usr/sbin/nginx -t -c {conf} && /usr/sbin/nginx -s reload -c {conf}")}),
+    )
+    .await;
+    created(
+        &app,
+        "/api/v1/steps",
+        json!({"name": "site_up", "kind": "check",
+               "params": {"type": "http", "url": site, "contains": "primary", "interval": "1s", "until": "30s"}}),
+    )
+    .await;
+    let r = app
+        .post_json(
+            "/api/v1/plans",
+            &json!({"name": "web_tier", "target_rto": "10m",
+                    "parameters": {"recovered_ip": {"type": "string"}},
+                    "steps": [{"key": "switch", "step": "switch_upstream"},
+                              {"key": "verify", "step": "site_up", "depends_on": ["switch"]}]}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let r = send(
+        app.admin(Method::POST, "/api/v1/plans/web_tier/executions")
+            .json(&json!({"mode": "drill", "params": {"recovered_ip": "127.0.0.1"}})),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let id = r.body["id"].as_str().unwrap().to_owned();
+    let e = finished(&app, &id, 90).await;
+    assert_eq!(e["status"], "succeeded", "{e}");
+    let log = logs(&app, &id, "switch").await;
+    assert!(log.contains("test is successful"), "{log}");
+    assert!(std::fs::read_to_string(&conf)
+        .unwrap()
+        .contains(&format!("server 127.0.0.1:{backend_port};")));
+    assert_eq!(reqwest::get(&site).await.unwrap().status(), 200);
+}
