@@ -840,6 +840,9 @@ pub struct ReportStep {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Object)]
     pub evidence: Option<Value>,
+    /// What weakened this step's guarantees, e.g. TLS verification turned off.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 /// What happened in an execution, against the plan's target.
@@ -924,7 +927,15 @@ fn build_report(e: ExecutionRow, runs: Vec<StepRunRow>, target_rto: Option<Durat
                 }
                 _ => None,
             };
+            let mut warnings = Vec::new();
+            if r.outputs.get("tls_verify") == Some(&Value::Bool(false)) {
+                warnings.push(
+                    "TLS certificate verification was off for this step (tls_verify: false)"
+                        .to_owned(),
+                );
+            }
             ReportStep {
+                warnings,
                 duration_secs: secs(r.started_at, r.finished_at),
                 status: r.status.parse().unwrap_or(StepStatus::Pending),
                 key: r.key,
@@ -1008,8 +1019,11 @@ fn markdown(r: &Report) -> String {
                 .unwrap_or_default(),
             s.exit_code.map(|c| c.to_string()).unwrap_or_default(),
             s.error
-                .as_deref()
-                .unwrap_or("")
+                .iter()
+                .chain(s.warnings.iter().map(|w| w as &String))
+                .map(String::as_str)
+                .collect::<Vec<_>>()
+                .join("; ")
                 .replace('|', "\\|")
                 .replace('\n', " "),
         ));

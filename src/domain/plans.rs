@@ -859,6 +859,12 @@ fn check_remote_target(v: &mut Violations, prefix: &str, p: &Value, inventory: &
         );
     }
     let field = format!("{prefix}.target");
+    if p.get("address").is_some() && !inventory.resources.contains_key(target) {
+        v.add(
+            format!("{prefix}.address"),
+            "applies only when `target` names a host or jump server resource",
+        );
+    }
     if let Some(res) = inventory.resources.get(target) {
         let has_ssh = res.attributes.get("ssh").is_some() || res.kind == ResourceKind::JumpServer;
         if !matches!(res.kind, ResourceKind::Host | ResourceKind::JumpServer) {

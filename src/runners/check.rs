@@ -703,10 +703,12 @@ pub async fn run(attempt: Attempt) -> Outcome {
             evidence[EVIDENCE - 1] = record;
         }
         let outputs = |evidence: &Vec<Value>| -> Map<String, Value> {
-            json!({"tries": tries, "evidence": evidence})
-                .as_object()
-                .cloned()
-                .unwrap_or_default()
+            let mut out = json!({"tries": tries, "evidence": evidence});
+            if attempt.params.get("tls_verify") == Some(&Value::Bool(false)) {
+                // Kept with the outputs so that the report shows it.
+                out["tls_verify"] = json!(false);
+            }
+            out.as_object().cloned().unwrap_or_default()
         };
         if ok {
             return Outcome::Succeeded {

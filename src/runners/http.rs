@@ -133,6 +133,10 @@ pub async fn run(mut attempt: Attempt) -> Outcome {
     }
     let mut outputs = Map::new();
     outputs.insert("status".into(), json!(status));
+    if !tls_verify {
+        // Kept with the outputs so that the report shows it.
+        outputs.insert("tls_verify".into(), json!(false));
+    }
     let json_body: Option<Value> = serde_json::from_slice(&body).ok();
     if let Some(Value::Object(pointers)) = p.get("outputs") {
         for (name, pointer) in pointers {

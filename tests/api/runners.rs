@@ -177,3 +177,53 @@ async fn a_sql_check_runs_its_query_against_the_database_resource() {
         "{e}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn turning_tls_verification_off_shows_in_the_report() {
+    let app = TestApp::spawn_with_engine(2).await;
+    let (base, _server) = start_http_server();
+    let e = run_single(
+        &app,
+        "insecure_probe",
+        "check",
+        json!({"type": "http", "url": format!("{base}/status/200"), "tls_verify": false,
+               "interval": "1s", "until": "10s"}),
+    )
+    .await;
+    assert_eq!(e["status"], "succeeded", "{e}");
+    let id = e["id"].as_str().unwrap();
+    let report = app.get(&format!("/api/v1/executions/{id}/report")).await;
+    let warnings = report.body["timeline"][0]["warnings"].to_string();
+    assert!(
+        warnings.contains("TLS certificate verification was off"),
+        "{}",
+        report.text
+    );
+    let md = crate::common::send(
+        app.admin(
+            reqwest::Method::GET,
+            &format!("/api/v1/executions/{id}/report"),
+        )
+        .header("accept", "text/markdown"),
+    )
+    .await;
+    assert!(
+        md.text.contains("TLS certificate verification was off"),
+        "{}",
+        md.text
+    );
+    let e = run_single(
+        &app,
+        "secure_probe",
+        "check",
+        json!({"type": "http", "url": format!("{base}/status/200"), "interval": "1s", "until": "10s"}),
+    )
+    .await;
+    let id = e["id"].as_str().unwrap();
+    let report = app.get(&format!("/api/v1/executions/{id}/report")).await;
+    assert!(
+        report.body["timeline"][0].get("warnings").is_none(),
+        "{}",
+        report.text
+    );
+}
