@@ -333,12 +333,52 @@ fn quote(value: &Value) -> String {
     }
 }
 
-/// ICMP echo through the system's `ping` (raw sockets need privileges this service should not
-/// hold); the evidence says so.
+/// ICMP echo from this process (surge-ping: an unprivileged ICMP datagram socket where the
+/// kernel allows one, else a raw socket); when neither is permitted, the system's `ping`, and
+/// the evidence says so.
 async fn ping(host: &str, per_try: Duration) -> Result<String, String> {
     if host.is_empty() || host.starts_with('-') {
         return Err(format!("`{host}` is not a host to ping"));
     }
+    let ip = match host.parse::<std::net::IpAddr>() {
+        Ok(ip) => ip,
+        Err(_) => tokio::net::lookup_host((host, 0))
+            .await
+            .map_err(|e| format!("ping {host}: cannot resolve: {e}"))?
+            .next()
+            .map(|a| a.ip())
+            .ok_or_else(|| format!("ping {host}: the name has no address"))?,
+    };
+    let config = match ip {
+        std::net::IpAddr::V4(_) => surge_ping::Config::default(),
+        std::net::IpAddr::V6(_) => surge_ping::Config::builder()
+            .kind(surge_ping::ICMP::V6)
+            .build(),
+    };
+    let fallback = match surge_ping::Client::new(&config) {
+        Ok(client) => {
+            let mut pinger = client
+                .pinger(ip, surge_ping::PingIdentifier(rand::random()))
+                .await;
+            pinger.timeout(per_try);
+            return match pinger.ping(surge_ping::PingSequence(0), &[0; 16]).await {
+                Ok((_, rtt)) => Ok(format!(
+                    "ping {host} ({ip}): ICMP echo reply in {:.2} ms",
+                    rtt.as_secs_f64() * 1000.0
+                )),
+                Err(e) => Err(format!("ping {host} ({ip}): no ICMP echo reply: {e}")),
+            };
+        }
+        Err(e) => e,
+    };
+    system_ping(host, per_try)
+        .await
+        .map(|ok| format!("{ok} (ICMP sockets not permitted here: {fallback})"))
+        .map_err(|miss| format!("{miss} (ICMP sockets not permitted here: {fallback})"))
+}
+
+/// ICMP echo through the system's `ping`, for when this process may not open ICMP sockets.
+async fn system_ping(host: &str, per_try: Duration) -> Result<String, String> {
     let wait = per_try.as_secs().max(1).to_string();
     let run = tokio::process::Command::new("ping")
         .args(["-c", "1", "-W", &wait, "--", host])
@@ -733,6 +773,17 @@ pub async fn run(attempt: Attempt) -> Outcome {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn the_system_ping_fallback_reaches_loopback_and_says_so() {
+        let detail = system_ping("127.0.0.1", Duration::from_secs(2))
+            .await
+            .unwrap();
+        assert!(
+            detail.contains("system ping") && detail.contains("time="),
+            "{detail}"
+        );
+    }
 
     #[test]
     fn a_sql_value_passes_unless_null_empty_false_or_zero() {

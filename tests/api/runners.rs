@@ -128,7 +128,7 @@ async fn a_tcp_check_passes_on_an_open_port_and_fails_on_a_closed_one_when_time_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_ping_check_reaches_loopback_with_the_system_ping() {
+async fn a_ping_check_reaches_loopback_with_an_icmp_echo() {
     let app = TestApp::spawn_with_engine(1).await;
     let e = run_single(
         &app,
@@ -141,8 +141,11 @@ async fn a_ping_check_reaches_loopback_with_the_system_ping() {
     let detail = e["steps"][0]["outputs"]["evidence"][0]["detail"]
         .as_str()
         .unwrap();
+    // As root (CI) the echo goes out from this process; elsewhere the system ping answers and
+    // the evidence says why.
     assert!(
-        detail.contains("system ping") && detail.contains("time="),
+        detail.contains("ICMP echo reply in")
+            || (detail.contains("system ping") && detail.contains("ICMP sockets not permitted")),
         "{detail}"
     );
 }
