@@ -789,12 +789,25 @@ impl<T> Nudged<T> {
         }
     }
 
-    /// Arms the timer so that the task is polled again soon.
-    fn arm(&mut self, cx: &mut std::task::Context<'_>) {
-        self.timer
-            .as_mut()
-            .reset(tokio::time::Instant::now() + NUDGE);
-        let _ = self.timer.as_mut().poll(cx);
+    /// Polls the inner stream; when it says "not yet", arms the timer so that the task is
+    /// polled again soon.
+    fn nudge<R>(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        op: impl FnOnce(std::pin::Pin<&mut T>, &mut std::task::Context<'_>) -> Poll<R>,
+    ) -> Poll<R>
+    where
+        T: Unpin,
+    {
+        let this = self.get_mut();
+        let polled = op(std::pin::Pin::new(&mut this.inner), cx);
+        if polled.is_pending() {
+            this.timer
+                .as_mut()
+                .reset(tokio::time::Instant::now() + NUDGE);
+            let _ = this.timer.as_mut().poll(cx);
+        }
+        polled
     }
 }
 
@@ -807,12 +820,7 @@ impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Nudged<T> {
         cx: &mut std::task::Context<'_>,
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        let this = self.get_mut();
-        let polled = std::pin::Pin::new(&mut this.inner).poll_read(cx, buf);
-        if polled.is_pending() {
-            this.arm(cx);
-        }
-        polled
+        self.nudge(cx, |inner, cx| inner.poll_read(cx, buf))
     }
 }
 
@@ -822,36 +830,21 @@ impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Nudged<T> {
         cx: &mut std::task::Context<'_>,
         data: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        let this = self.get_mut();
-        let polled = std::pin::Pin::new(&mut this.inner).poll_write(cx, data);
-        if polled.is_pending() {
-            this.arm(cx);
-        }
-        polled
+        self.nudge(cx, |inner, cx| inner.poll_write(cx, data))
     }
 
     fn poll_flush(
         self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> Poll<std::io::Result<()>> {
-        let this = self.get_mut();
-        let polled = std::pin::Pin::new(&mut this.inner).poll_flush(cx);
-        if polled.is_pending() {
-            this.arm(cx);
-        }
-        polled
+        self.nudge(cx, |inner, cx| inner.poll_flush(cx))
     }
 
     fn poll_shutdown(
         self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> Poll<std::io::Result<()>> {
-        let this = self.get_mut();
-        let polled = std::pin::Pin::new(&mut this.inner).poll_shutdown(cx);
-        if polled.is_pending() {
-            this.arm(cx);
-        }
-        polled
+        self.nudge(cx, |inner, cx| inner.poll_shutdown(cx))
     }
 }
 

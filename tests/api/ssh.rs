@@ -62,6 +62,23 @@ async fn host(app: &TestApp, name: &str, ip: &str, port: u16, ssh: Value) {
     .await;
 }
 
+/// A loopback sshd, a service with an engine, the test credentials and the host `web` (pinned).
+async fn web_host() -> Option<(Sshd, TestApp)> {
+    let f = sshd::fixture()?;
+    let sshd = Sshd::start(f, Options::default());
+    let app = TestApp::spawn_with_engine(2).await;
+    credentials(&app, f).await;
+    host(
+        &app,
+        "web",
+        "127.0.0.1",
+        sshd.port,
+        json!({"host_key_fingerprint": sshd.fingerprint}),
+    )
+    .await;
+    Some((sshd, app))
+}
+
 async fn remote_step(app: &TestApp, name: &str, params: Value) {
     created(
         app,
@@ -71,15 +88,20 @@ async fn remote_step(app: &TestApp, name: &str, params: Value) {
     .await;
 }
 
-/// One step in a plan of its own, run as a drill to its end.
-async fn run_one(app: &TestApp, name: &str, params: Value, timeout: Option<&str>) -> Value {
+/// One remote_script step in a plan of its own, started as a drill; returns the execution id.
+async fn start_one(app: &TestApp, name: &str, params: Value, timeout: Option<&str>) -> String {
     remote_step(app, name, params).await;
     let mut s = json!({"key": "s", "step": name});
     if let Some(t) = timeout {
         s["timeout"] = json!(t);
     }
     plan(app, &format!("p_{name}"), json!([s])).await;
-    let id = drill(app, &format!("p_{name}")).await;
+    drill(app, &format!("p_{name}")).await
+}
+
+/// One step in a plan of its own, run as a drill to its end.
+async fn run_one(app: &TestApp, name: &str, params: Value, timeout: Option<&str>) -> Value {
+    let id = start_one(app, name, params, timeout).await;
     finished(app, &id, 90).await
 }
 
@@ -102,18 +124,9 @@ fn gone(pid: i32) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_password_login_streams_stdout_and_stderr_in_order_and_sets_outputs() {
-    let Some(f) = sshd::fixture() else { return };
-    let sshd = Sshd::start(f, Options::default());
-    let app = TestApp::spawn_with_engine(2).await;
-    credentials(&app, f).await;
-    host(
-        &app,
-        "web",
-        "127.0.0.1",
-        sshd.port,
-        json!({"host_key_fingerprint": sshd.fingerprint}),
-    )
-    .await;
+    let Some((_sshd, app)) = web_host().await else {
+        return;
+    };
     let e = run_one(
         &app,
         "hello",
@@ -157,26 +170,16 @@ async fn a_password_login_streams_stdout_and_stderr_in_order_and_sets_outputs() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn output_reaches_the_log_while_the_script_still_runs() {
-    let Some(f) = sshd::fixture() else { return };
-    let sshd = Sshd::start(f, Options::default());
-    let app = TestApp::spawn_with_engine(2).await;
-    credentials(&app, f).await;
-    host(
-        &app,
-        "web",
-        "127.0.0.1",
-        sshd.port,
-        json!({"host_key_fingerprint": sshd.fingerprint}),
-    )
-    .await;
-    remote_step(
+    let Some((_sshd, app)) = web_host().await else {
+        return;
+    };
+    let id = start_one(
         &app,
         "slow",
         json!({"target": "web", "script": "echo early; sleep 4; echo late"}),
+        None,
     )
     .await;
-    plan(&app, "p_slow", json!([{"key": "s", "step": "slow"}])).await;
-    let id = drill(&app, "p_slow").await;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let log = logs(&app, &id, "s").await;
@@ -253,18 +256,9 @@ async fn a_key_without_passphrase_logs_in_to_an_address_given_with_a_login() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_timed_out_script_is_hung_up_on_the_remote_side() {
-    let Some(f) = sshd::fixture() else { return };
-    let sshd = Sshd::start(f, Options::default());
-    let app = TestApp::spawn_with_engine(2).await;
-    credentials(&app, f).await;
-    host(
-        &app,
-        "web",
-        "127.0.0.1",
-        sshd.port,
-        json!({"host_key_fingerprint": sshd.fingerprint}),
-    )
-    .await;
+    let Some((_sshd, app)) = web_host().await else {
+        return;
+    };
     let e = run_one(
         &app,
         "hang",
@@ -285,26 +279,16 @@ async fn a_timed_out_script_is_hung_up_on_the_remote_side() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancelled_script_is_hung_up_on_the_remote_side() {
-    let Some(f) = sshd::fixture() else { return };
-    let sshd = Sshd::start(f, Options::default());
-    let app = TestApp::spawn_with_engine(2).await;
-    credentials(&app, f).await;
-    host(
-        &app,
-        "web",
-        "127.0.0.1",
-        sshd.port,
-        json!({"host_key_fingerprint": sshd.fingerprint}),
-    )
-    .await;
-    remote_step(
+    let Some((_sshd, app)) = web_host().await else {
+        return;
+    };
+    let id = start_one(
         &app,
         "long",
         json!({"target": "web", "script": "echo pid=$$; exec sleep 300"}),
+        None,
     )
     .await;
-    plan(&app, "p_long", json!([{"key": "s", "step": "long"}])).await;
-    let id = drill(&app, "p_long").await;
     let deadline = Instant::now() + Duration::from_secs(30);
     let pid = loop {
         if let Some(pid) = pid_in(&logs(&app, &id, "s").await) {
@@ -498,18 +482,9 @@ async fn trust_on_first_use_pins_the_first_key_and_then_refuses_another() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn later_steps_of_an_execution_reuse_the_connection() {
-    let Some(f) = sshd::fixture() else { return };
-    let sshd = Sshd::start(f, Options::default());
-    let app = TestApp::spawn_with_engine(2).await;
-    credentials(&app, f).await;
-    host(
-        &app,
-        "web",
-        "127.0.0.1",
-        sshd.port,
-        json!({"host_key_fingerprint": sshd.fingerprint}),
-    )
-    .await;
+    let Some((_sshd, app)) = web_host().await else {
+        return;
+    };
     remote_step(
         &app,
         "where",
