@@ -6,8 +6,11 @@
 //! - Host keys are checked before any secret is sent: a pinned fingerprint must match; with no
 //!   pin the step fails, unless the resource opted in to `trust_on_first_use`, which pins the
 //!   first key seen (in the inventory, audited).
-//! - Connections are kept per execution and target and reused by its later steps; idle ones
-//!   are closed by `sweep`. Uses of a jump server are bounded by its `max_connections`.
+//! - Connections are kept per execution and target and reused by its later steps, each
+//!   carrying one script at a time (a busy target gets a second connection); idle ones are
+//!   closed by `sweep`. A tunnel has a jump server connection of its own, so no libssh2
+//!   session ever multiplexes channels for several tasks. Connections in use through a jump
+//!   server are bounded by its `max_connections`.
 //! - Scripts run under a small POSIX `sh` wrapper: it reads the environment preamble from
 //!   stdin (for servers that refuse `setenv`; secrets never go on the command line), starts the
 //!   script in its own session and sends it a hang-up when our side of the channel goes away
