@@ -84,8 +84,9 @@ async fn scenario_1_vmware_to_cloud_validates_and_renders() {
         script.contains("s/192.168.10.21/<steps.boot.outputs.hosts.wordpress.private_ip>/g"),
         "{script}"
     );
+    assert_eq!(nginx["params"]["target"], "nginx");
     assert_eq!(
-        nginx["params"]["target"],
+        nginx["params"]["address"],
         "<steps.boot.outputs.hosts.nginx.private_ip>"
     );
     let writable = steps
