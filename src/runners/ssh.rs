@@ -38,6 +38,8 @@ use crate::domain::resources::ResourceKind;
 
 /// TCP connect, handshake and login must finish within this.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
+/// What a connection that did not come up in time says.
+const NO_SESSION: &str = "no SSH session within";
 /// Concurrent uses of one jump server unless its `max_connections` says otherwise.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 32;
 /// How long a stopped script gets to end after its hang-up before the channel is closed.
@@ -222,6 +224,13 @@ impl SshPool {
             };
             let (conn, _in_use, key) = match got {
                 Ok(got) => got,
+                // A session that never came up is tried once more on a new connection.
+                Err(e) if !retry && e.contains(NO_SESSION) => {
+                    job.log
+                        .system(&format!("{e}; trying a new connection"))
+                        .await;
+                    continue;
+                }
                 Err(e) => return (Map::new(), End::Stopped(e)),
             };
             conn.touch();
@@ -419,7 +428,7 @@ impl SshPool {
         };
         let session = tokio::time::timeout(CONNECT_TIMEOUT, work)
             .await
-            .map_err(|_| format!("{}: no SSH session within {CONNECT_TIMEOUT:?}", ep.label))??;
+            .map_err(|_| format!("{}: {NO_SESSION} {CONNECT_TIMEOUT:?}", ep.label))??;
         log.system(&format!(
             "connected to {} as `{}` in {} ms",
             ep.label,
@@ -483,7 +492,7 @@ impl SshPool {
         };
         let (session, pump) = tokio::time::timeout(CONNECT_TIMEOUT, work)
             .await
-            .map_err(|_| format!("{}: no SSH session within {CONNECT_TIMEOUT:?}", ep.label))??;
+            .map_err(|_| format!("{}: {NO_SESSION} {CONNECT_TIMEOUT:?}", ep.label))??;
         log.system(&format!(
             "connected to {} as `{}` through jump server `{jump_name}` in {} ms",
             ep.label,
