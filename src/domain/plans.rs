@@ -1532,6 +1532,31 @@ mod tests {
     }
 
     #[test]
+    fn an_address_override_needs_a_target_resource_and_via_a_jump_server() {
+        let spec = plan(json!([
+            {"key": "a", "step": "echo", "params": {"address": "10.9.9.9"}},
+            {"key": "b", "step": "echo", "params": {"target": "10.0.0.7", "address": "10.9.9.9",
+                                                    "login": {"user": "root", "credential": "k"}}},
+            {"key": "c", "step": "echo", "params": {"via": "web"}},
+        ]));
+        let e = errors(&spec);
+        assert!(
+            !e.iter().any(|(f, _)| f == "steps[0].params.address"),
+            "{e:?}"
+        );
+        assert!(
+            e.iter()
+                .any(|(f, m)| f == "steps[1].params.address" && m.contains("names a host")),
+            "{e:?}"
+        );
+        assert!(
+            e.iter()
+                .any(|(f, m)| f == "steps[2].params.via" && m.contains("not a jump_server")),
+            "{e:?}"
+        );
+    }
+
+    #[test]
     fn a_cycle_is_reported_with_its_keys() {
         let spec = plan(json!([
             {"key": "a", "step": "wait", "depends_on": ["c"]},

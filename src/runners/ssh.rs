@@ -1158,6 +1158,93 @@ mod tests {
         );
     }
 
+    fn inventory() -> (Inventory, Credentials) {
+        use crate::domain::plans::InventoryResource;
+        let mut inv = Inventory::default();
+        let res = |kind, attributes| InventoryResource {
+            id: Uuid::nil(),
+            kind,
+            attributes,
+            labels: Default::default(),
+        };
+        inv.resources.insert(
+            "web".into(),
+            res(
+                ResourceKind::Host,
+                serde_json::json!({"private_ip": "10.0.0.5",
+                    "ssh": {"user": "root", "credential": "k", "trust_on_first_use": true}}),
+            ),
+        );
+        inv.resources.insert(
+            "jump01".into(),
+            res(
+                ResourceKind::JumpServer,
+                serde_json::json!({"address": "198.51.100.7", "user": "ops", "credential": "p",
+                    "host_key_fingerprint": "SHA256:x", "max_connections": 3}),
+            ),
+        );
+        let mut creds = Credentials::new();
+        creds.insert(
+            "k".into(),
+            [("private_key".to_owned(), "PEM".to_owned())].into(),
+        );
+        creds.insert(
+            "p".into(),
+            [("password".to_owned(), "pw".to_owned())].into(),
+        );
+        (inv, creds)
+    }
+
+    #[test]
+    fn a_route_takes_logins_keys_and_addresses_from_the_inventory() {
+        let (inv, creds) = inventory();
+        let id = Uuid::nil();
+        let r = route(
+            id,
+            &serde_json::json!({"target": "web", "address": "10.9.0.5", "via": "jump01"}),
+            &inv,
+            &creds,
+        )
+        .unwrap();
+        let target = r.target.as_ref().unwrap();
+        assert_eq!(target.address, "10.9.0.5");
+        assert_eq!((target.user.as_str(), target.port), ("root", 22));
+        assert_eq!(target.host_key, HostKeyPolicy::TrustOnFirstUse);
+        assert_eq!(
+            target.pin_to.as_ref().unwrap().path,
+            &["ssh", "host_key_fingerprint"]
+        );
+        let jump = r.jump.as_ref().unwrap();
+        assert_eq!(jump.max_connections, 3);
+        assert_eq!(
+            jump.endpoint.host_key,
+            HostKeyPolicy::Pinned("SHA256:x".into())
+        );
+        // Naming the jump server as the target runs on it.
+        let r = route(
+            id,
+            &serde_json::json!({"target": "jump01", "via": "jump01"}),
+            &inv,
+            &creds,
+        )
+        .unwrap();
+        assert!(r.target.is_none());
+        assert_eq!(r.server().unwrap().address, "198.51.100.7");
+        // An address needs a login.
+        let e = route(id, &serde_json::json!({"target": "10.1.1.1"}), &inv, &creds)
+            .err()
+            .unwrap();
+        assert!(e.contains("give the step a `login`"), "{e}");
+        let r = route(
+            id,
+            &serde_json::json!({"target": "10.1.1.1", "login": {"user": "u", "credential": "p"}}),
+            &inv,
+            &creds,
+        )
+        .unwrap();
+        assert_eq!(r.target.unwrap().host_key, HostKeyPolicy::Unpinned);
+    }
+
     #[test]
     fn environment_names_must_be_shell_identifiers() {
         assert!(is_env_name("DB_PASS"));
