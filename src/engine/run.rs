@@ -29,23 +29,9 @@ struct Prepared {
     credentials: BTreeMap<String, BTreeMap<String, String>>,
 }
 
-/// The database resource a `sql` check connects to.
-/// The inventory resource a check acts on: a `sql` check's `database`, or the `host` of a tcp or
-/// ping check when it is written as a resource name.
+/// The inventory resource a check acts on (see `runners::check::resource_name`).
 fn check_resource(step: &ResolvedStep) -> Option<String> {
-    let p = &step.definition.params;
-    if step.definition.kind != StepKind::Check {
-        return None;
-    }
-    let field = match p.get("type").and_then(Value::as_str) {
-        Some("sql") => "database",
-        Some("tcp" | "ping") => "host",
-        _ => return None,
-    };
-    p.get(field)
-        .and_then(Value::as_str)
-        .filter(|name| crate::domain::validation::is_name(name))
-        .map(str::to_owned)
+    runners::check::resource_name(step.definition.kind, &step.definition.params).map(str::to_owned)
 }
 
 /// Every name the step's templates read.
@@ -316,9 +302,6 @@ async fn attempt(engine: &Arc<Engine>, c: &Claimed, p: Prepared) -> Outcome {
         params: rendered,
         secret_env,
         credentials: p.credentials.clone(),
-        resource: check_resource(&p.step)
-            .and_then(|name| p.inventory.resources.get(&name))
-            .map(|r| r.attributes.clone()),
         inventory: Arc::new(p.inventory),
         execution: c.execution_id,
         ssh: engine.ssh.clone(),

@@ -78,13 +78,26 @@ impl From<&str> for Miss {
     }
 }
 
+/// The name of the inventory resource a check acts on: a `sql` check's `database`, or the
+/// `host` of a tcp or ping check when it is written as a resource name.
+pub fn resource_name(kind: crate::domain::steps::StepKind, params: &Value) -> Option<&str> {
+    if kind != crate::domain::steps::StepKind::Check {
+        return None;
+    }
+    let field = match str_param(params, "type") {
+        Some("sql") => "database",
+        Some("tcp" | "ping") => "host",
+        _ => return None,
+    };
+    str_param(params, field).filter(|name| crate::domain::validation::is_name(name))
+}
+
 /// One probe: `Ok(detail)` when it passes, a `Miss` when not (yet).
 async fn probe(attempt: &Attempt, per_try: Duration) -> Result<String, Miss> {
     let params = &attempt.params;
     // A host given as a resource name probes that resource's address.
     let host = attempt
-        .resource
-        .as_ref()
+        .resource()
         .and_then(|r| {
             ["private_ip", "address", "host", "public_ip"]
                 .iter()
@@ -571,8 +584,7 @@ impl SqlTarget {
 /// (`SELECT 1`, `SELECT NOT pg_is_in_recovery()`, `SELECT @@read_only = 0`).
 async fn sql(attempt: &Attempt, per_try: Duration) -> Result<String, Miss> {
     let db = attempt
-        .resource
-        .as_ref()
+        .resource()
         .ok_or("the database resource was not loaded")?;
     let target = SqlTarget::of(db, &attempt.credentials);
     let query = str_param(&attempt.params, "query")

@@ -30,9 +30,6 @@ pub struct Attempt {
     pub secret_env: BTreeMap<String, String>,
     /// The credentials the step reads (name -> field -> plaintext), e.g. an HTTP auth token.
     pub credentials: BTreeMap<String, BTreeMap<String, String>>,
-    /// For a check: the attributes of the resource it acts on (a `sql` check's database, a tcp
-    /// or ping check's host given by name).
-    pub resource: Option<Value>,
     /// The inventory, for the steps that reach servers by name (remote_script).
     pub inventory: std::sync::Arc<crate::domain::plans::Inventory>,
     /// The execution this attempt belongs to (SSH connections are kept per execution).
@@ -44,6 +41,15 @@ pub struct Attempt {
     pub cancel: watch::Receiver<bool>,
     /// When the step's timeout runs out.
     pub deadline: Instant,
+}
+
+impl Attempt {
+    /// For a check: the attributes of the inventory resource it acts on (a `sql` check's
+    /// database, a tcp or ping check's host given by name).
+    pub fn resource(&self) -> Option<&Value> {
+        let name = check::resource_name(self.kind, &self.params)?;
+        self.inventory.resources.get(name).map(|r| &r.attributes)
+    }
 }
 
 /// Runs one attempt of a step.

@@ -142,18 +142,59 @@ pub struct Connection {
     in_use: Arc<Semaphore>,
     /// A tunnelled session keeps its jump server's connection and the pump that carries it.
     _via: Option<Arc<Connection>>,
-    pump: Option<tokio::task::JoinHandle<()>>,
+    _pump: Option<AbortOnDrop>,
 }
 
-impl Drop for Connection {
+/// A task that ends with its owner.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
     fn drop(&mut self) {
-        if let Some(pump) = &self.pump {
-            pump.abort();
-        }
+        self.0.abort();
     }
 }
 
+/// `work` (connect, handshake, login), or the error that it did not finish in time.
+async fn within_connect_timeout<T>(
+    ep: &Endpoint,
+    work: impl std::future::Future<Output = Result<T, String>>,
+) -> Result<T, String> {
+    tokio::time::timeout(CONNECT_TIMEOUT, work)
+        .await
+        .map_err(|_| format!("{}: {NO_SESSION} {CONNECT_TIMEOUT:?}", ep.label))?
+}
+
 impl Connection {
+    /// A connection that just came up (through a jump server: with its jump server connection
+    /// and the pump that carries the tunnel); the log says so.
+    async fn up(
+        session: Session,
+        via: Option<(&str, Connection, AbortOnDrop)>,
+        ep: &Endpoint,
+        started: Instant,
+        log: &LogSink,
+    ) -> Self {
+        let through = via
+            .as_ref()
+            .map(|(name, _, _)| format!(" through jump server `{name}`"))
+            .unwrap_or_default();
+        log.system(&format!(
+            "connected to {} as `{}`{through} in {} ms",
+            ep.label,
+            ep.user,
+            started.elapsed().as_millis()
+        ))
+        .await;
+        let (via, pump) = via.map(|(_, c, p)| (Arc::new(c), p)).unzip();
+        Self {
+            session,
+            last_used: Mutex::new(Instant::now()),
+            in_use: Arc::new(Semaphore::new(1)),
+            _via: via,
+            _pump: pump,
+        }
+    }
+
     fn touch(&self) {
         if let Ok(mut at) = self.last_used.lock() {
             *at = Instant::now();
@@ -418,31 +459,16 @@ impl SshPool {
         log: &LogSink,
     ) -> Result<Connection, String> {
         let started = Instant::now();
-        let work = async {
+        let session = within_connect_timeout(ep, async {
             let tcp = TcpStream::connect((ep.address.as_str(), ep.port))
                 .await
                 .map_err(|e| format!("{}: cannot connect: {e}", ep.label))?;
             let _ = tcp.set_nodelay(true);
             let session = AsyncSession::new(tcp, None).map_err(|e| format!("{}: {e}", ep.label))?;
             self.login(execution, session, ep, log).await
-        };
-        let session = tokio::time::timeout(CONNECT_TIMEOUT, work)
-            .await
-            .map_err(|_| format!("{}: {NO_SESSION} {CONNECT_TIMEOUT:?}", ep.label))??;
-        log.system(&format!(
-            "connected to {} as `{}` in {} ms",
-            ep.label,
-            ep.user,
-            started.elapsed().as_millis()
-        ))
-        .await;
-        Ok(Connection {
-            session: Session::Tcp(session),
-            last_used: Mutex::new(Instant::now()),
-            in_use: Arc::new(Semaphore::new(1)),
-            _via: None,
-            pump: None,
         })
+        .await?;
+        Ok(Connection::up(Session::Tcp(session), None, ep, started, log).await)
     }
 
     async fn connect_tunnel(
@@ -457,7 +483,7 @@ impl SshPool {
             return Err("a jump server is reached directly".into());
         };
         let started = Instant::now();
-        let work = async {
+        let (session, pump) = within_connect_timeout(ep, async {
             let channel = jump_session
                 .channel_direct_tcpip(&ep.address, ep.port, None)
                 .await
@@ -468,45 +494,20 @@ impl SshPool {
                     )
                 })?;
             let (ours, theirs) = UnixStream::pair().map_err(|e| e.to_string())?;
-            let pump = tokio::spawn(async move {
+            // Aborted when dropped: on any failure below, and with the connection.
+            let pump = AbortOnDrop(tokio::spawn(async move {
                 let mut channel = Nudged::new(channel);
                 let mut theirs = theirs;
                 let _ = tokio::io::copy_bidirectional(&mut channel, &mut theirs).await;
                 let _ = channel.inner.close().await;
-            });
-            let session = AsyncSession::new(ours, None).map_err(|e| format!("{}: {e}", ep.label));
-            let session = match session {
-                Ok(s) => s,
-                Err(e) => {
-                    pump.abort();
-                    return Err(e);
-                }
-            };
-            match self.login(execution, session, ep, log).await {
-                Ok(session) => Ok((session, pump)),
-                Err(e) => {
-                    pump.abort();
-                    Err(e)
-                }
-            }
-        };
-        let (session, pump) = tokio::time::timeout(CONNECT_TIMEOUT, work)
-            .await
-            .map_err(|_| format!("{}: {NO_SESSION} {CONNECT_TIMEOUT:?}", ep.label))??;
-        log.system(&format!(
-            "connected to {} as `{}` through jump server `{jump_name}` in {} ms",
-            ep.label,
-            ep.user,
-            started.elapsed().as_millis()
-        ))
-        .await;
-        Ok(Connection {
-            session: Session::Tunnel(session),
-            last_used: Mutex::new(Instant::now()),
-            in_use: Arc::new(Semaphore::new(1)),
-            _via: Some(Arc::new(jump)),
-            pump: Some(pump),
+            }));
+            let session =
+                AsyncSession::new(ours, None).map_err(|e| format!("{}: {e}", ep.label))?;
+            Ok((self.login(execution, session, ep, log).await?, pump))
         })
+        .await?;
+        let via = Some((jump_name, jump, pump));
+        Ok(Connection::up(Session::Tunnel(session), via, ep, started, log).await)
     }
 
     /// Handshake, host key check, then (only then) the login.
