@@ -13,6 +13,7 @@ pub mod engine;
 pub mod error;
 pub mod http;
 pub mod metrics;
+pub mod providers;
 pub mod runners;
 pub mod secrets;
 

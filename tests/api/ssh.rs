@@ -952,5 +952,15 @@ async fn the_web_tier_step_repoints_nginx_to_the_recovered_backend() {
     assert!(std::fs::read_to_string(&conf)
         .unwrap()
         .contains(&format!("server 127.0.0.1:{backend_port};")));
-    assert_eq!(reqwest::get(&site).await.unwrap().status(), 200);
+    // `nginx -s reload` returns before the old worker has closed its listening socket, so a
+    // request right after the check may still reach it; the new upstream serves once it is gone.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let after = loop {
+        let status = reqwest::get(&site).await.unwrap().status().as_u16();
+        if status == 200 || Instant::now() > deadline {
+            break status;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(after, 200, "nginx still proxies to the old upstream");
 }
