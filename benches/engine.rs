@@ -184,6 +184,7 @@ async fn run_plan_with(
                     idempotency_key: None,
                     created_by: "bench",
                     paused: None,
+                    auto_cleanup_secs: None,
                 },
             )?
             .id)

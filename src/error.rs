@@ -97,6 +97,9 @@ pub enum Error {
     PayloadTooLarge(String),
     #[error("{0}")]
     Unavailable(String),
+    /// A system the request depends on (a recovery provider) failed or did not answer.
+    #[error("{0}")]
+    Upstream(String),
     /// An unexpected failure; the message goes to the log only.
     #[error("internal error: {0}")]
     Internal(String),
@@ -120,6 +123,10 @@ impl Error {
         }
     }
 
+    pub fn upstream(detail: impl Into<String>) -> Self {
+        Self::Upstream(detail.into())
+    }
+
     pub fn conflict(detail: impl Into<String>) -> Self {
         Self::Conflict {
             detail: detail.into(),
@@ -140,6 +147,7 @@ impl Error {
             Self::UnsupportedMediaType(_) => ("unsupported-media-type", "Unsupported media type"),
             Self::PayloadTooLarge(_) => ("payload-too-large", "Payload too large"),
             Self::Unavailable(_) => ("unavailable", "Service unavailable"),
+            Self::Upstream(_) => ("upstream", "Upstream failure"),
             Self::Internal(_) => ("internal", "Internal error"),
         }
     }
@@ -199,6 +207,7 @@ impl ResponseError for Error {
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Upstream(_) => StatusCode::BAD_GATEWAY,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

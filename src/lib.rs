@@ -45,6 +45,8 @@ pub struct AppState {
     pub master_key: Arc<MasterKey>,
     pub metrics: Arc<Metrics>,
     pub templates: Arc<TemplateEngine>,
+    /// Provider clients, kept per provider version.
+    pub providers: Arc<providers::registry::Registry>,
 }
 
 impl AppState {
@@ -55,6 +57,7 @@ impl AppState {
             master_key: Arc::new(secrets.master_key),
             metrics: Arc::new(Metrics::new()),
             templates: Arc::new(TemplateEngine::new()),
+            providers: Arc::default(),
         }
     }
 }
@@ -77,6 +80,7 @@ pub fn build_app(
         .app_data(web::Data::from(state.master_key.clone()))
         .app_data(web::Data::from(state.metrics.clone()))
         .app_data(web::Data::from(state.templates.clone()))
+        .app_data(web::Data::from(state.providers.clone()))
         .configure(api::routes)
         .wrap(ErrorHandlers::new().default_handler(http::problem_for_plain_errors))
         .wrap(from_fn(http::observe))

@@ -25,6 +25,7 @@ use crate::engine::state::{ExecutionStatus, StepStatus};
 use crate::engine::store::{self, Control, ExecutionMode, NewExecution};
 use crate::error::{Error, Problem, Result};
 use crate::http::{JsonBody, OptionalJson, Query};
+use crate::providers::cleanup::{CleanupReport, RecoveredInstance};
 
 /// What to run.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -242,6 +243,10 @@ pub async fn start(
                 idempotency_key: idempotency.as_deref(),
                 created_by: &actor,
                 paused: None,
+                auto_cleanup_secs: spec
+                    .auto_cleanup_after
+                    .filter(|_| body.mode == ExecutionMode::Drill)
+                    .map(|d| d.as_secs().min(i32::MAX as u64) as i32),
             };
             let row = if body.mode == ExecutionMode::DryRun {
                 let rendered = domain::render(
@@ -869,13 +874,21 @@ pub struct Report {
     /// The chain of dependencies that took longest, as measured.
     pub critical_path: Vec<String>,
     pub timeline: Vec<ReportStep>,
+    /// The instances recovery providers created for this execution, and their clean-up.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub recovered: Vec<RecoveredInstance>,
 }
 
 fn secs(a: Option<DateTime<Utc>>, b: Option<DateTime<Utc>>) -> Option<f64> {
     Some((b? - a?).num_milliseconds() as f64 / 1000.0)
 }
 
-fn build_report(e: ExecutionRow, runs: Vec<StepRunRow>, target_rto: Option<Duration>) -> Report {
+fn build_report(
+    e: ExecutionRow,
+    runs: Vec<StepRunRow>,
+    target_rto: Option<Duration>,
+    recovered: Vec<RecoveredInstance>,
+) -> Report {
     let resolved: HashMap<String, ResolvedStep> = runs
         .iter()
         .filter_map(|r| {
@@ -925,6 +938,7 @@ fn build_report(e: ExecutionRow, runs: Vec<StepRunRow>, target_rto: Option<Durat
                 "check" | "manual_approval" => {
                     Some(json!({"outputs": r.outputs, "approval": r.approval}))
                 }
+                "host_recovery" | "power_on" => Some(json!({"outputs": r.outputs})),
                 _ => None,
             };
             let mut warnings = Vec::new();
@@ -963,6 +977,7 @@ fn build_report(e: ExecutionRow, runs: Vec<StepRunRow>, target_rto: Option<Durat
         rto_met,
         critical_path: path,
         timeline,
+        recovered,
     }
 }
 
@@ -1028,6 +1043,25 @@ fn markdown(r: &Report) -> String {
                 .replace('\n', " "),
         ));
     }
+    if !r.recovered.is_empty() {
+        md.push_str("\n## Recovered instances\n\n| host | provider host | instance | private IP | public IP | state | deleted |\n|---|---|---|---|---|---|---|\n");
+        for i in &r.recovered {
+            md.push_str(&format!(
+                "| {} | {} | {} | {} | {} | {} | {} |\n",
+                i.host,
+                i.provider_host_id,
+                i.instance_id.as_deref().unwrap_or("-"),
+                i.private_ip.as_deref().unwrap_or("-"),
+                i.public_ip.as_deref().unwrap_or("-"),
+                i.state,
+                match (&i.deleted_at, &i.cleanup_error) {
+                    (Some(t), _) => t.to_rfc3339(),
+                    (None, Some(e)) => format!("failed: {}", e.replace('|', "\\|")),
+                    (None, None) => "-".to_owned(),
+                }
+            ));
+        }
+    }
     md
 }
 
@@ -1052,21 +1086,55 @@ pub async fn report(
     id: web::Path<String>,
 ) -> Result<HttpResponse> {
     let id = parse_id(&id)?;
-    let (e, runs, target) = db
+    let (e, runs, target, recovered) = db
         .run(move |conn| {
             let e = store::execution(conn, id)?;
             let runs = store::step_runs_of(conn, id)?;
             let plan = crate::db::plans::find(conn, &e.plan_id.to_string())?;
             let version = crate::db::plans::version(conn, &plan, e.plan_version)?;
             let spec: PlanSpec = serde_json::from_value(version.spec).map_err(Error::internal)?;
-            Ok((e, runs, spec.target_rto))
+            let recovered = crate::db::providers::recoveries_of(conn, id)?;
+            Ok((e, runs, spec.target_rto, recovered))
         })
         .await?;
-    let report = build_report(e, runs, target);
+    let report = build_report(
+        e,
+        runs,
+        target,
+        recovered.into_iter().map(RecoveredInstance::from).collect(),
+    );
     if crate::http::accepts(&req, &["text/markdown"]) {
         return Ok(HttpResponse::Ok()
             .content_type("text/markdown; charset=utf-8")
             .body(markdown(&report)));
     }
+    Ok(HttpResponse::Ok().json(report))
+}
+
+/// Delete every instance this drill recovered (and only those). Idempotent: what is deleted
+/// stays deleted and is not asked for again; what failed to delete is retried. Refused for a
+/// failover (its instances are production) and while the drill still runs.
+#[utoipa::path(post, path = "/api/v1/executions/{id}/cleanup", tag = "executions",
+    params(("id" = Uuid, Path, description = "The drill's id")),
+    responses(
+        (status = 200, description = "What the drill recovered and what is deleted now", body = CleanupReport),
+        (status = 401, description = "No valid bearer token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Needs the operator role", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such execution", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "A failover, a dry run, or a drill still running", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
+pub async fn cleanup(
+    Operator(user): Operator,
+    db: web::Data<Db>,
+    key: web::Data<crate::crypto::MasterKey>,
+    registry: web::Data<crate::providers::registry::Registry>,
+    id: web::Path<String>,
+) -> Result<HttpResponse> {
+    let id = parse_id(&id)?;
+    let actor = crate::db::audit::Actor::from_user(&user);
+    let report =
+        crate::providers::cleanup::cleanup(&db, key.into_inner(), registry.into_inner(), id, actor)
+            .await?;
     Ok(HttpResponse::Ok().json(report))
 }

@@ -7,6 +7,8 @@ pub mod executions;
 pub mod health;
 pub mod pagination;
 pub mod plans;
+pub mod providers;
+pub mod readiness;
 pub mod resources;
 pub mod steps;
 
@@ -38,11 +40,13 @@ PUT, PATCH and DELETE to avoid overwriting someone else's change (412 when it ch
         credentials::list, credentials::create, credentials::get, credentials::replace, credentials::patch, credentials::delete,
         steps::list, steps::create, steps::get, steps::replace, steps::patch, steps::delete,
         plans::list, plans::create, plans::get, plans::replace, plans::delete,
-        plans::versions, plans::version, plans::validate, plans::render,
+        plans::versions, plans::version, plans::validate, plans::render, readiness::readiness,
         executions::start, executions::list, executions::get,
         executions::cancel, executions::pause, executions::resume,
         executions::retry_step, executions::skip_step, executions::approve_step, executions::reject_step,
-        executions::logs, executions::events, executions::report,
+        executions::logs, executions::events, executions::report, executions::cleanup,
+        providers::list, providers::create, providers::get, providers::replace, providers::delete,
+        providers::test, providers::hosts,
         audit::list,
     ),
     components(schemas(
@@ -65,6 +69,7 @@ PUT, PATCH and DELETE to avoid overwriting someone else's change (412 when it ch
         (name = "steps", description = "Reusable action definitions"),
         (name = "plans", description = "Recovery plans: versioned DAGs of steps, validated and rendered"),
         (name = "executions", description = "Drills, failovers and dry runs: start, follow, steer, report"),
+        (name = "providers", description = "Recovery providers (HyperBDR, the simulator) and their protected hosts"),
         (name = "audit", description = "Every mutation: who, what, when"),
     ),
     modifiers(&BearerAuth, &CommonResponses),
@@ -221,6 +226,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 .service(resource!("/plans/{key}/versions/{version}", get => plans::version))
                 .service(resource!("/plans/{key}/validate", post => plans::validate))
                 .service(resource!("/plans/{key}/render", post => plans::render))
+                .service(resource!("/plans/{key}/readiness", post => readiness::readiness))
                 .service(resource!("/plans/{key}/executions", post => executions::start))
                 .service(resource!("/executions", get => executions::list))
                 .service(resource!("/executions/{id}", get => executions::get))
@@ -234,6 +240,12 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 .service(resource!("/executions/{id}/logs", get => executions::logs))
                 .service(resource!("/executions/{id}/events", get => executions::events))
                 .service(resource!("/executions/{id}/report", get => executions::report))
+                .service(resource!("/executions/{id}/cleanup", post => executions::cleanup))
+                .service(resource!("/providers", get => providers::list, post => providers::create))
+                .service(resource!("/providers/{key}",
+                    get => providers::get, put => providers::replace, delete => providers::delete))
+                .service(resource!("/providers/{key}/test", post => providers::test))
+                .service(resource!("/providers/{key}/hosts", get => providers::hosts))
                 .service(resource!("/audit", get => audit::list)),
         );
 }

@@ -94,7 +94,7 @@ pub fn update(
         if !referrers.is_empty() {
             return Err(Error::Conflict {
                 detail: format!(
-                    "credential `{}` is referred to by {} resource(s) by name; it cannot be renamed or change kind until they stop referring to it",
+                    "credential `{}` is referred to by {} resource(s) or provider(s) by name; it cannot be renamed or change kind until they stop referring to it",
                     current.name,
                     referrers.len()
                 ),
@@ -144,7 +144,7 @@ pub fn delete(conn: &mut PgConnection, key: &str, if_match: &IfMatch, actor: &Ac
     if !referrers.is_empty() {
         return Err(Error::Conflict {
             detail: format!(
-                "credential `{}` is still referred to by {} resource(s); change them first",
+                "credential `{}` is still referred to by {} resource(s) or provider(s); change them first",
                 current.name,
                 referrers.len()
             ),
@@ -166,16 +166,24 @@ pub fn delete(conn: &mut PgConnection, key: &str, if_match: &IfMatch, actor: &Ac
 }
 
 fn referrers(conn: &mut PgConnection, credential_id: Uuid) -> Result<Vec<Referrer>> {
-    Ok(
-        super::resources::referring_to_credential(conn, credential_id)?
-            .into_iter()
+    let named = |kind: &str, rows: Vec<(Uuid, String)>| {
+        rows.into_iter()
             .map(|(id, name)| Referrer {
-                kind: "resource".into(),
+                kind: kind.into(),
                 id,
                 name,
             })
-            .collect(),
-    )
+            .collect::<Vec<_>>()
+    };
+    let mut all = named(
+        "resource",
+        super::resources::referring_to_credential(conn, credential_id)?,
+    );
+    all.extend(named(
+        "provider",
+        super::providers::referring_to_credential(conn, credential_id)?,
+    ));
+    Ok(all)
 }
 
 /// The plaintext secret of a credential, for the runners that inject it.
@@ -240,4 +248,44 @@ pub fn check_master_key(conn: &mut PgConnection, key: &MasterKey) -> Result<(), 
                 .into(),
         )
     }
+}
+
+/// A credential's (non-secret) username.
+pub fn username(conn: &mut PgConnection, id: Uuid) -> Result<Option<String>> {
+    Ok(credentials::table
+        .find(id)
+        .select(credentials::username)
+        .first::<Option<String>>(conn)
+        .optional()?
+        .flatten())
+}
+
+/// A credential's fields by name (its secret's string fields, plus `username` when it has
+/// one), opened with the master key: what runners inject and provider logins use.
+pub fn open_fields(
+    conn: &mut PgConnection,
+    name: &str,
+    key: &MasterKey,
+) -> Result<std::collections::BTreeMap<String, String>> {
+    let found: Option<(Uuid, Option<String>)> = credentials::table
+        .filter(credentials::name.eq(name))
+        .select((credentials::id, credentials::username))
+        .first(conn)
+        .optional()?;
+    let Some((id, username)) = found else {
+        return Err(Error::conflict(format!(
+            "credential `{name}` no longer exists"
+        )));
+    };
+    let plain = open_secret(conn, id, key)?;
+    let secret: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&plain).map_err(Error::internal)?;
+    let mut fields: std::collections::BTreeMap<String, String> = secret
+        .into_iter()
+        .filter_map(|(k, v)| v.as_str().map(|s| (k, s.to_owned())))
+        .collect();
+    if let Some(user) = username {
+        fields.insert("username".into(), user);
+    }
+    Ok(fields)
 }

@@ -6,6 +6,7 @@ pub mod credentials;
 pub mod embedded;
 pub mod models;
 pub mod plans;
+pub mod providers;
 pub mod resources;
 pub mod schema;
 pub mod steps;

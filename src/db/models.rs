@@ -188,3 +188,53 @@ pub struct LogRow {
     pub at: DateTime<Utc>,
     pub data: String,
 }
+
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = super::schema::providers, check_for_backend(diesel::pg::Pg))]
+pub struct ProviderRow {
+    pub id: Uuid,
+    pub name: String,
+    pub kind: String,
+    pub description: String,
+    pub base_url: String,
+    pub credential_id: Option<Uuid>,
+    pub settings: Value,
+    pub version: i32,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub created_by: String,
+    pub updated_by: String,
+}
+
+#[derive(Debug, Insertable, AsChangeset)]
+#[diesel(table_name = super::schema::providers)]
+pub struct ProviderWrite {
+    pub name: String,
+    pub kind: String,
+    pub description: String,
+    pub base_url: String,
+    #[diesel(treat_none_as_null = true)]
+    pub credential_id: Option<Uuid>,
+    pub settings: Value,
+}
+
+/// One host recovery an execution asked for (see migrations/*_providers).
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = super::schema::recoveries, check_for_backend(diesel::pg::Pg))]
+pub struct RecoveryRow {
+    pub id: Uuid,
+    pub execution_id: Uuid,
+    pub step_key: String,
+    pub resource_name: String,
+    pub provider_name: String,
+    pub provider_host_id: String,
+    pub purpose: String,
+    pub state: String,
+    pub instance_id: Option<String>,
+    pub facts: Value,
+    pub error: Option<String>,
+    pub requested_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub deleted_at: Option<DateTime<Utc>>,
+    pub cleanup_error: Option<String>,
+}

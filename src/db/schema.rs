@@ -62,6 +62,7 @@ diesel::table! {
         created_at -> Timestamptz,
         started_at -> Nullable<Timestamptz>,
         finished_at -> Nullable<Timestamptz>,
+        auto_cleanup_secs -> Nullable<Int4>,
     }
 }
 
@@ -93,6 +94,43 @@ diesel::table! {
         updated_at -> Timestamptz,
         created_by -> Text,
         updated_by -> Text,
+    }
+}
+
+diesel::table! {
+    providers (id) {
+        id -> Uuid,
+        name -> Text,
+        kind -> Text,
+        description -> Text,
+        base_url -> Text,
+        credential_id -> Nullable<Uuid>,
+        settings -> Jsonb,
+        version -> Int4,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+        created_by -> Text,
+        updated_by -> Text,
+    }
+}
+
+diesel::table! {
+    recoveries (id) {
+        id -> Uuid,
+        execution_id -> Uuid,
+        step_key -> Text,
+        resource_name -> Text,
+        provider_name -> Text,
+        provider_host_id -> Text,
+        purpose -> Text,
+        state -> Text,
+        instance_id -> Nullable<Text>,
+        facts -> Jsonb,
+        error -> Nullable<Text>,
+        requested_at -> Timestamptz,
+        updated_at -> Timestamptz,
+        deleted_at -> Nullable<Timestamptz>,
+        cleanup_error -> Nullable<Text>,
     }
 }
 
@@ -185,6 +223,8 @@ diesel::joinable!(step_runs -> executions (execution_id));
 diesel::joinable!(plan_step_refs -> plans (plan_id));
 diesel::joinable!(plan_step_refs -> steps (step_id));
 diesel::joinable!(plan_versions -> plans (plan_id));
+diesel::joinable!(providers -> credentials (credential_id));
+diesel::joinable!(recoveries -> executions (execution_id));
 diesel::joinable!(resource_credential_refs -> credentials (credential_id));
 diesel::joinable!(resource_credential_refs -> resources (resource_id));
 
@@ -196,6 +236,8 @@ diesel::allow_tables_to_appear_in_same_query!(
     plan_step_refs,
     plan_versions,
     plans,
+    providers,
+    recoveries,
     resource_credential_refs,
     resources,
     service_settings,

@@ -169,6 +169,14 @@ pub struct PlanSpec {
     /// The recovery time objective the plan must meet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target_rto: Option<Duration>,
+    /// The recovery point objective: readiness fails a bound host whose newest snapshot is
+    /// older than this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_rpo: Option<Duration>,
+    /// Delete a drill's recovered instances this long after the drill ends (never a
+    /// failover's). Without it, clean-up is `POST /executions/{id}/cleanup`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_cleanup_after: Option<Duration>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub parameters: BTreeMap<String, ParamSpec>,
     pub steps: Vec<PlanStepSpec>,
@@ -222,6 +230,9 @@ pub fn check_spec(spec: &PlanSpec) -> Vec<FieldError> {
     check_text(&mut v, "description", &spec.description, 4000);
     if spec.target_rto.is_some_and(|d| d.as_secs() == 0) {
         v.add("target_rto", "must be more than 0s");
+    }
+    if spec.target_rpo.is_some_and(|d| d.as_secs() == 0) {
+        v.add("target_rpo", "must be more than 0s");
     }
     for (name, p) in &spec.parameters {
         let field = format!("parameters.{name}");
@@ -492,10 +503,20 @@ pub fn ancestors(resolved: &[ResolvedStep], key: &str) -> BTreeSet<String> {
 
 /// The hosts a host step acts on, resolved against the inventory.
 pub fn step_hosts(def: &StepDefinition, inventory: &Inventory) -> Vec<String> {
-    match def.params.get("hosts") {
-        Some(Value::Array(names)) => names
+    hosts_in(&def.params, inventory)
+}
+
+/// The hosts named by a host step's `hosts` param (names, groups of names, or a selector).
+pub fn hosts_in(params: &Value, inventory: &Inventory) -> Vec<String> {
+    match params.get("hosts") {
+        // Names, or (power_on) groups of names.
+        Some(Value::Array(items)) => items
             .iter()
-            .filter_map(|n| n.as_str().map(str::to_owned))
+            .flat_map(|item| match item {
+                Value::Array(group) => group.iter().filter_map(Value::as_str).collect(),
+                other => other.as_str().into_iter().collect::<Vec<_>>(),
+            })
+            .map(str::to_owned)
             .collect(),
         Some(Value::Object(sel)) => {
             let selector: super::resources::LabelSelector = sel
@@ -730,6 +751,10 @@ fn check_named_resources(
                             format!(
                                 "host `{name}` has no provider_host_id: it cannot be recovered"
                             ),
+                        ),
+                        Some(res) if res.attributes.get("provider").is_none() => v.add(
+                            field,
+                            format!("host `{name}` names no provider: it cannot be recovered"),
                         ),
                         _ => {}
                     }

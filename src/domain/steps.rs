@@ -117,18 +117,41 @@ fn thirty_minutes() -> Duration {
     Duration::from_secs(1800)
 }
 
-/// `power_on`: boot hosts one after the other, each until it runs.
+/// `power_on`: boot recovered hosts in order: the hosts of a group start together, groups one
+/// after another, each group running (and answering on `port`, when given) before the next.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-#[schema(example = json!({"hosts": ["wordpress", "nginx"], "wait_until_running": "10m"}))]
+#[schema(example = json!({"hosts": ["mysql", ["wordpress", "wordpress2"], "nginx"], "port": 22, "wait_until_running": "10m"}))]
 pub struct PowerOnParams {
-    /// Resource names, in boot order.
-    pub hosts: Vec<String>,
+    /// Boot order: each item is a host's resource name or a group of them started together.
+    pub hosts: Vec<HostGroup>,
+    /// How long each group may take to run (and answer on `port`).
     #[serde(default = "ten_minutes")]
     pub wait_until_running: Duration,
-    /// Pause between one host running and booting the next.
+    /// Pause between one group running and booting the next.
     #[serde(default)]
     pub delay_between: Duration,
+    /// After a host runs, wait until this TCP port answers on its private IP (e.g. 22 for
+    /// sshd, 3306 for MySQL) before it counts as up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+}
+
+/// One place in a boot order: a host, or hosts that start together.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum HostGroup {
+    One(String),
+    Together(Vec<String>),
+}
+
+impl HostGroup {
+    pub fn names(&self) -> &[String] {
+        match self {
+            Self::One(name) => std::slice::from_ref(name),
+            Self::Together(names) => names,
+        }
+    }
 }
 
 fn ten_minutes() -> Duration {
@@ -514,6 +537,26 @@ pub fn validate_step(
         StepKind::PowerOn => typed::<PowerOnParams>(params, prefix).map(|p| {
             if p.hosts.is_empty() {
                 v.add(format!("{prefix}.hosts"), "name at least one host");
+            }
+            let mut seen = BTreeSet::new();
+            for (i, group) in p.hosts.iter().enumerate() {
+                if group.names().is_empty() {
+                    v.add(
+                        format!("{prefix}.hosts[{i}]"),
+                        "a group names at least one host",
+                    );
+                }
+                for name in group.names() {
+                    if !seen.insert(name.as_str()) {
+                        v.add(
+                            format!("{prefix}.hosts[{i}]"),
+                            format!("`{name}` is named twice in the boot order"),
+                        );
+                    }
+                }
+            }
+            if p.port == Some(0) {
+                v.add(format!("{prefix}.port"), "must be 1-65535");
             }
             to_value(&p)
         }),
@@ -1059,23 +1102,30 @@ fn least_timeout(kind: StepKind, params: &Value) -> Option<(&'static str, Durati
 /// Whether a step of `kind` with `params` is idempotent when not said.
 pub fn default_idempotent(kind: StepKind, params: &Value) -> bool {
     match kind {
-        StepKind::HostRecovery | StepKind::RemoteScript | StepKind::LocalScript => false,
+        StepKind::RemoteScript | StepKind::LocalScript => false,
         StepKind::HttpRequest => matches!(
             params.get("method").and_then(Value::as_str),
             Some("GET" | "HEAD" | "OPTIONS")
         ),
-        StepKind::PowerOn | StepKind::Check | StepKind::ManualApproval | StepKind::Wait => true,
+        // Host steps look up what this execution already asked the provider for before acting.
+        StepKind::HostRecovery
+        | StepKind::PowerOn
+        | StepKind::Check
+        | StepKind::ManualApproval
+        | StepKind::Wait => true,
     }
 }
 
 /// Facts a recovered or booted host exposes as `outputs.hosts.<name>.<fact>`.
-pub const HOST_FACTS: [&str; 6] = [
+pub const HOST_FACTS: [&str; 7] = [
     "instance_id",
     "private_ip",
     "public_ip",
     "state",
     "snapshot_time",
     "provider_host_id",
+    // power_on: when the host was seen running (RFC 3339).
+    "running_at",
 ];
 
 /// The first-level output names a step of this definition produces (host steps: `hosts`).

@@ -56,6 +56,8 @@ pub struct Engine {
     pub wake: Notify,
     /// SSH connections kept per execution, and the bounds per jump server.
     pub ssh: Arc<crate::runners::ssh::SshPool>,
+    /// Recovery provider clients (they keep their login).
+    pub providers: Arc<crate::providers::registry::Registry>,
     stopped: AtomicBool,
     /// What never changes about an execution (plan, version, mode, params), by id: most steps
     /// then need no database read before they run.
@@ -73,6 +75,9 @@ type Recording = (
     store::Outcome,
     oneshot::Sender<crate::error::Result<Option<store::Claimed>>>,
 );
+
+/// How often the reaper looks for drills whose automatic clean-up is due.
+const CLEANUP_SWEEP: Duration = Duration::from_secs(30);
 
 /// A kept SSH connection unused for this long is closed.
 const SSH_IDLE: Duration = Duration::from_secs(60);
@@ -99,6 +104,7 @@ impl Engine {
         ));
         Arc::new(Self {
             ssh,
+            providers: Arc::default(),
             db,
             templates,
             master_key,
@@ -286,8 +292,25 @@ impl Engine {
     }
 
     async fn reap_loop(self: Arc<Self>) {
+        let mut last_sweep = std::time::Instant::now();
         loop {
             tokio::time::sleep(self.config.reap_every).await;
+            if last_sweep.elapsed() >= CLEANUP_SWEEP {
+                last_sweep = std::time::Instant::now();
+                let engine = self.clone();
+                // Provider calls may take a while: never hold up the reaper.
+                tokio::spawn(async move {
+                    let swept = crate::providers::cleanup::sweep(
+                        &engine.db,
+                        engine.master_key.clone(),
+                        engine.providers.clone(),
+                    )
+                    .await;
+                    if let Err(e) = swept {
+                        tracing::warn!(error = %e, "looking for drills to clean up failed");
+                    }
+                });
+            }
             match self.db.transaction(store::reap).await {
                 Ok(n) if n > 0 => self.wake.notify_waiters(),
                 Ok(_) => {}

@@ -12,7 +12,6 @@ use tokio::sync::watch;
 use super::store::{self, Claimed, Outcome};
 use super::Engine;
 use crate::db::models::ExecutionRow;
-use crate::db::schema::credentials;
 use crate::domain::plans::{render_for_run, Inventory, Mode, ResolvedStep, RuntimeContext};
 use crate::domain::steps::{reads_credentials, string_leaves, StepKind};
 use crate::domain::templates::{is_template, TemplateEngine};
@@ -86,7 +85,10 @@ impl Needs {
         Self {
             outputs: refs.iter().any(|r| r.starts_with("steps.")),
             inventory: database.is_some()
-                || step.definition.kind == StepKind::RemoteScript
+                || matches!(
+                    step.definition.kind,
+                    StepKind::RemoteScript | StepKind::HostRecovery | StepKind::PowerOn
+                )
                 || step.definition.params.get("via").is_some()
                 || refs.iter().any(|r| r.starts_with("resources.")),
             credentials: credential_names(templates, step),
@@ -143,25 +145,7 @@ fn prepare(
     }
     let mut creds = BTreeMap::new();
     for name in names {
-        let found: Option<(uuid::Uuid, Option<String>)> = credentials::table
-            .filter(credentials::name.eq(&name))
-            .select((credentials::id, credentials::username))
-            .first(conn)
-            .optional()?;
-        let Some((id, username)) = found else {
-            return Err(Error::conflict(format!(
-                "credential `{name}` no longer exists"
-            )));
-        };
-        let plain = crate::db::credentials::open_secret(conn, id, &engine.master_key)?;
-        let secret: Map<String, Value> = serde_json::from_slice(&plain).map_err(Error::internal)?;
-        let mut fields: BTreeMap<String, String> = secret
-            .into_iter()
-            .filter_map(|(k, v)| v.as_str().map(|s| (k, s.to_owned())))
-            .collect();
-        if let Some(user) = username {
-            fields.insert("username".into(), user);
-        }
+        let fields = crate::db::credentials::open_fields(conn, &name, &engine.master_key)?;
         creds.insert(name, fields);
     }
     Ok(Prepared {
@@ -308,6 +292,11 @@ async fn attempt(engine: &Arc<Engine>, c: &Claimed, p: Prepared) -> Outcome {
         log: log.clone(),
         cancel: cancel_rx,
         deadline,
+        step_key: c.key.clone(),
+        mode,
+        db: engine.db.clone(),
+        master_key: engine.master_key.clone(),
+        providers: engine.providers.clone(),
     })
     .await;
     heartbeat.abort();

@@ -86,6 +86,8 @@ pub struct NewExecution<'a> {
     pub created_by: &'a str,
     /// Start paused (a failover that still waits for an operator's go).
     pub paused: Option<&'a str>,
+    /// A drill's instances are deleted this long after it ends.
+    pub auto_cleanup_secs: Option<i32>,
 }
 
 /// The execution a caller already created with this idempotency key, if any.
@@ -185,6 +187,7 @@ pub fn create(conn: &mut PgConnection, new: NewExecution<'_>) -> Result<Executio
             executions::pause_reason.eq(new.paused),
             executions::created_by.eq(new.created_by),
             executions::started_at.eq(diesel::dsl::now),
+            executions::auto_cleanup_secs.eq(new.auto_cleanup_secs),
         ))
         .returning(ExecutionRow::as_returning())
         .get_result(conn)?;

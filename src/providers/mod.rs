@@ -9,13 +9,17 @@
 //! `db::recoveries`), so a step re-run after a crash looks up the provider's state before it
 //! acts and never recovers a host twice.
 
-// pub mod hyperbdr;  (the HyperBDR v2 client; being written)
+pub mod cleanup;
+pub mod hyperbdr;
+pub mod registry;
 // pub mod simulator; (the simulator service; being written)
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
+
+use crate::domain::duration::Duration;
 
 /// Why a provider call failed; the text is shown to operators as is (never a token or password).
 #[derive(Debug, Clone, thiserror::Error)]
@@ -131,4 +135,58 @@ pub trait RecoveryProvider: Send + Sync {
     async fn power_on(&self, host_id: &str, purpose: Purpose) -> ProviderResult<()>;
     /// Deletes a recovered instance (drill clean-up). Deleting one that is already gone is Ok.
     async fn delete_instance(&self, host_id: &str, instance_id: &str) -> ProviderResult<()>;
+}
+
+/// How the service talks to one provider (stored with it; every field has a default).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderSettings {
+    /// Verify the provider's TLS certificate (turn off only for a lab's self-signed one).
+    #[serde(default = "yes")]
+    pub tls_verify: bool,
+    /// Bound on each API call.
+    #[serde(default = "thirty_seconds")]
+    #[schema(value_type = String, example = "30s")]
+    pub request_timeout: Duration,
+    /// The longest pause between two looks at a recovery's or boot's progress (the first
+    /// looks come sooner).
+    #[serde(default = "five_seconds")]
+    #[schema(value_type = String, example = "5s")]
+    pub poll_interval: Duration,
+    /// The longest a host's recovery may take, whatever a step asks for.
+    #[serde(default = "one_hour")]
+    #[schema(value_type = String, example = "1h")]
+    pub recovery_timeout: Duration,
+    /// The longest a host's boot may take, whatever a step asks for.
+    #[serde(default = "thirty_minutes")]
+    #[schema(value_type = String, example = "30m")]
+    pub power_on_timeout: Duration,
+}
+
+impl Default for ProviderSettings {
+    fn default() -> Self {
+        Self {
+            tls_verify: true,
+            request_timeout: thirty_seconds(),
+            poll_interval: five_seconds(),
+            recovery_timeout: one_hour(),
+            power_on_timeout: thirty_minutes(),
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+fn five_seconds() -> Duration {
+    Duration::from_secs(5)
+}
+fn thirty_seconds() -> Duration {
+    Duration::from_secs(30)
+}
+fn thirty_minutes() -> Duration {
+    Duration::from_secs(1800)
+}
+fn one_hour() -> Duration {
+    Duration::from_secs(3600)
 }

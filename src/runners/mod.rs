@@ -7,6 +7,7 @@ pub mod check;
 pub mod http;
 pub mod local;
 pub mod logs;
+pub mod recovery;
 pub mod script;
 pub mod ssh;
 
@@ -41,6 +42,14 @@ pub struct Attempt {
     pub cancel: watch::Receiver<bool>,
     /// When the step's timeout runs out.
     pub deadline: Instant,
+    /// The step's key in its plan.
+    pub step_key: String,
+    /// Drill or failover (what a provider recovers hosts for).
+    pub mode: crate::domain::plans::Mode,
+    /// For the steps that record what they do (host steps) and open provider logins.
+    pub db: crate::db::Db,
+    pub master_key: std::sync::Arc<crate::crypto::MasterKey>,
+    pub providers: std::sync::Arc<crate::providers::registry::Registry>,
 }
 
 impl Attempt {
@@ -60,6 +69,7 @@ pub async fn run(attempt: Attempt) -> Outcome {
         StepKind::RemoteScript => ssh::run(attempt).await,
         StepKind::HttpRequest => http::run(attempt).await,
         StepKind::Check => check::run(attempt).await,
+        StepKind::HostRecovery | StepKind::PowerOn => recovery::run(attempt).await,
         StepKind::ManualApproval => {
             let timeout: Duration = attempt
                 .params
@@ -70,11 +80,6 @@ pub async fn run(attempt: Attempt) -> Outcome {
                 deadline_secs: timeout.as_secs() as i64,
             }
         }
-        other => Outcome::Failed {
-            error: format!("this build has no runner for `{other}` steps yet"),
-            exit_code: None,
-            outputs: Map::new(),
-        },
     }
 }
 

@@ -16,8 +16,8 @@ async fn inventory(app: &TestApp) {
     }
     for r in [
         json!({"name": "jump01", "kind": "jump_server", "attributes": {"address": "203.0.113.10", "user": "ops", "credential": "jump_key"}}),
-        json!({"name": "web", "kind": "host", "attributes": {"private_ip": "10.0.0.10", "provider_host_id": "h-web", "ssh": {"user": "root", "credential": "root_pw"}}}),
-        json!({"name": "db", "kind": "host", "attributes": {"private_ip": "10.0.0.20", "provider_host_id": "h-db", "ssh": {"user": "root", "credential": "root_pw"}}}),
+        json!({"name": "web", "kind": "host", "attributes": {"private_ip": "10.0.0.10", "provider": "sim", "provider_host_id": "h-web", "ssh": {"user": "root", "credential": "root_pw"}}}),
+        json!({"name": "db", "kind": "host", "attributes": {"private_ip": "10.0.0.20", "provider": "sim", "provider_host_id": "h-db", "ssh": {"user": "root", "credential": "root_pw"}}}),
     ] {
         let res = app.post_json("/api/v1/resources", &r).await;
         assert_eq!(res.status, 201, "{}", res.text);
