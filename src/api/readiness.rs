@@ -265,7 +265,8 @@ fn age(since: DateTime<Utc>) -> String {
 #[utoipa::path(post, path = "/api/v1/plans/{key}/readiness", tag = "plans",
     params(("key" = String, Path, description = "The plan's id or name")),
     request_body(content = ReadinessRequest, content_type = "application/json",
-        description = "Optional: an empty body checks the latest version"),
+        description = "Optional: an empty body checks the latest version",
+        example = json!({"version": 2})),
     responses(
         (status = 200, description = "Each check with its result (`ready` false when any failed)", body = Readiness),
         (status = 400, description = "Invalid body", body = Problem, content_type = "application/problem+json"),
