@@ -9,7 +9,7 @@
 //! `db::recoveries`), so a step re-run after a crash looks up the provider's state before it
 //! acts and never recovers a host twice.
 
-// pub mod hyperbdr;  (the HyperBDR v2 client; being written)
+pub mod hyperbdr;
 // pub mod simulator; (the simulator service; being written)
 
 use async_trait::async_trait;
