@@ -281,15 +281,16 @@ fn parse_response(status: u16, body: &[u8]) -> Result<Value, CallError> {
         return Err(ProviderError::NotFound(what("HTTP 404".into())).into());
     }
     match envelope {
-        None if status >= 500 => Err(ProviderError::Unreachable(format!(
-            "HyperBDR answered HTTP {status}"
-        ))
+        None if status >= 500 => {
+            Err(ProviderError::Unreachable(format!("HyperBDR answered HTTP {status}")).into())
+        }
+        None if !(200..300).contains(&status) => {
+            Err(ProviderError::Api(format!("HyperBDR answered HTTP {status}")).into())
+        }
+        None => Err(ProviderError::Api(
+            "HyperBDR answered something that is not a JSON envelope".into(),
+        )
         .into()),
-        None if !(200..300).contains(&status) => Err(ProviderError::Api(format!(
-            "HyperBDR answered HTTP {status}"
-        ))
-        .into()),
-        None => Err(ProviderError::Api("HyperBDR answered something that is not a JSON envelope".into()).into()),
         Some(e) if !e.is_success() || !(200..300).contains(&status) => {
             let mut m = format!("HyperBDR: {}", e.describe());
             if !(200..300).contains(&status) {
@@ -419,17 +420,18 @@ impl Client {
         if let Some(body) = body {
             request = request.json(body);
         }
-        let response = request.send().await.map_err(|e| self.transport_error(path, &e))?;
-        let status = response.status().as_u16();
-        let body = read_bounded(response)
+        let response = request
+            .send()
             .await
-            .map_err(|e| match e {
-                Bounded::TooLarge => ProviderError::Api(format!(
-                    "HyperBDR's answer to {path} is larger than {} MiB",
-                    MAX_RESPONSE / (1024 * 1024)
-                )),
-                Bounded::Transport(e) => self.transport_error(path, &e),
-            })?;
+            .map_err(|e| self.transport_error(path, &e))?;
+        let status = response.status().as_u16();
+        let body = read_bounded(response).await.map_err(|e| match e {
+            Bounded::TooLarge => ProviderError::Api(format!(
+                "HyperBDR's answer to {path} is larger than {} MiB",
+                MAX_RESPONSE / (1024 * 1024)
+            )),
+            Bounded::Transport(e) => self.transport_error(path, &e),
+        })?;
         parse_response(status, &body)
     }
 
@@ -534,7 +536,10 @@ impl Client {
             None | Some(Value::Null) => Vec::new(),
             Some(_) => return Err(ProviderError::Api("getHosts: `hosts` is not a list".into())),
         };
-        let total = data.get("total").and_then(Value::as_u64).map(|t| t as usize);
+        let total = data
+            .get("total")
+            .and_then(Value::as_u64)
+            .map(|t| t as usize);
         Ok((hosts, total))
     }
 
@@ -553,7 +558,10 @@ impl Client {
             .call(
                 Method::Get,
                 HOST_DETAIL_PATH,
-                &[("host_id", host_id.to_owned()), ("sheet", "snapshot".into())],
+                &[
+                    ("host_id", host_id.to_owned()),
+                    ("sheet", "snapshot".into()),
+                ],
                 None,
             )
             .await?;
@@ -791,7 +799,9 @@ impl RecoveryProvider for Client {
                     .into_iter()
                     .next()
                     .ok_or_else(|| {
-                        ProviderError::Api(format!("host {host_id} has no snapshot to recover from"))
+                        ProviderError::Api(format!(
+                            "host {host_id} has no snapshot to recover from"
+                        ))
                     })?
                     .id
             }
@@ -830,7 +840,10 @@ impl RecoveryProvider for Client {
             "migration_id": host_id,
             "boot_instance_purpose": purpose_value(purpose),
         }]});
-        match self.call(Method::Post, POWER_ON_PATH, &[], Some(&body)).await {
+        match self
+            .call(Method::Post, POWER_ON_PATH, &[], Some(&body))
+            .await
+        {
             Ok(_) => Ok(()),
             Err(ProviderError::NotFound(m)) => Err(ProviderError::Api(format!(
                 "this HyperBDR has no {POWER_ON_PATH} (or host {host_id} is unknown): {m}"
@@ -886,10 +899,14 @@ mod tests {
 
     #[test]
     fn a_success_envelope_yields_its_data() {
-        let body = br#"{"code":"00000000","data":{"token":"t"},"error":null,"title":"","trace_id":"x"}"#;
+        let body =
+            br#"{"code":"00000000","data":{"token":"t"},"error":null,"title":"","trace_id":"x"}"#;
         let data = parse_response(200, body).unwrap();
         assert_eq!(data["token"], "t");
-        assert_eq!(parse_response(200, br#"{"code":"200","data":[1]}"#).unwrap(), json!([1]));
+        assert_eq!(
+            parse_response(200, br#"{"code":"200","data":[1]}"#).unwrap(),
+            json!([1])
+        );
     }
 
     #[test]
@@ -898,7 +915,10 @@ mod tests {
         let Err(CallError::Provider(ProviderError::Api(m))) = parse_response(200, body) else {
             panic!("not an Api error");
         };
-        assert_eq!(m, "HyperBDR: Boot refused: disk quota (code 00010002, trace_id tr-9)");
+        assert_eq!(
+            m,
+            "HyperBDR: Boot refused: disk quota (code 00010002, trace_id tr-9)"
+        );
         let Err(CallError::Provider(ProviderError::Api(m))) = parse_response(400, body) else {
             panic!("not an Api error");
         };
@@ -967,8 +987,12 @@ mod tests {
 
         let flat = json!({"boot_instance_purpose": "drill", "boot_status": "boot_failed",
                           "boot_task_error_description": "no quota"});
-        let i = instance_from("h1", boot_instance(&flat, Purpose::Drill).unwrap().unwrap()).unwrap();
-        assert_eq!((i.state, i.error.as_deref()), (InstanceState::Failed, Some("no quota")));
+        let i =
+            instance_from("h1", boot_instance(&flat, Purpose::Drill).unwrap().unwrap()).unwrap();
+        assert_eq!(
+            (i.state, i.error.as_deref()),
+            (InstanceState::Failed, Some("no quota"))
+        );
         assert!(boot_instance(&flat, Purpose::Failover).unwrap().is_none());
     }
 
@@ -978,7 +1002,10 @@ mod tests {
             {"message": "old"},
             {"logs": [{"detail": "volume", "error_reason": "quota exceeded"}]},
         ]});
-        assert_eq!(step_error(&data).as_deref(), Some("volume - quota exceeded"));
+        assert_eq!(
+            step_error(&data).as_deref(),
+            Some("volume - quota exceeded")
+        );
         assert_eq!(step_error(&json!([{"message": "m"}])).as_deref(), Some("m"));
     }
 

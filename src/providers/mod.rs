@@ -10,7 +10,7 @@
 //! acts and never recovers a host twice.
 
 pub mod hyperbdr;
-// pub mod simulator; (the simulator service; being written)
+pub mod simulator;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
