@@ -572,8 +572,9 @@ fn parse_purpose(raw: &str) -> Option<Purpose> {
 // HyperBDR API handlers
 // ----------------------------------------------------------------------------------------------
 
-/// Checks the scene header and the token, then answers an injected error if one is pending.
-fn authorize(sim: &Shared, req: &HttpRequest) -> Result<(), HttpResponse> {
+/// The answer to a call with a wrong scene header or token, or the injected error if one is
+/// pending; `None`: go on.
+fn refusal(sim: &Shared, req: &HttpRequest) -> Option<HttpResponse> {
     let header = |name: &str| {
         req.headers()
             .get(name)
@@ -581,7 +582,7 @@ fn authorize(sim: &Shared, req: &HttpRequest) -> Result<(), HttpResponse> {
             .map(str::to_owned)
     };
     if header(SCENE_HEADER).as_deref() != Some(SCENE) {
-        return Err(sim.bad_request(&format!("header {SCENE_HEADER}: {SCENE} is required")));
+        return Some(sim.bad_request(&format!("header {SCENE_HEADER}: {SCENE} is required")));
     }
     let mut state = sim.lock();
     let now = Instant::now();
@@ -589,22 +590,21 @@ fn authorize(sim: &Shared, req: &HttpRequest) -> Result<(), HttpResponse> {
         .and_then(|t| state.tokens.get(&t).copied())
         .is_some_and(|expires| expires > now);
     if !valid {
-        return Err(sim.error(
+        return Some(sim.error(
             401,
             TOKEN_INVALID_CODE,
             "token expired or invalid",
             "log in again",
         ));
     }
-    if let Some(e) = state.fail_next.take() {
-        return Err(sim.error(e.status, &e.code, &e.title, &e.error));
-    }
-    Ok(())
+    let injected = state.fail_next.take();
+    drop(state);
+    injected.map(|e| sim.error(e.status, &e.code, &e.title, &e.error))
 }
 
 macro_rules! authorized {
     ($sim:expr, $req:expr) => {
-        if let Err(response) = authorize(&$sim, &$req) {
+        if let Some(response) = refusal(&$sim, &$req) {
             return response;
         }
     };
