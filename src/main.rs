@@ -1,5 +1,7 @@
 //! The `dr-orchestrator` command: parses the command line and calls into the library.
 
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -35,6 +37,14 @@ enum Command {
         #[arg(long, default_value = "1h", value_parser = parse_ttl)]
         ttl: chrono::Duration,
     },
+    /// Run the HyperBDR simulator: HyperBDR's API v2 over the hosts of a YAML file.
+    Simulator {
+        #[arg(long, default_value = "127.0.0.1:8086")]
+        bind: SocketAddr,
+        /// Settings and hosts (see examples/simulator-hosts.yaml); none: no hosts.
+        #[arg(long)]
+        hosts: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -42,6 +52,12 @@ fn main() -> ExitCode {
     if let Command::Openapi = cli.command {
         println!("{}", dr_orchestrator::api::openapi_json());
         return ExitCode::SUCCESS;
+    }
+    if let Command::Simulator { bind, hosts } = &cli.command {
+        return match dr_orchestrator::providers::simulator::run_cli(hosts.as_deref(), *bind) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(&e),
+        };
     }
     let config = match Config::from_env() {
         Ok(config) => config,
@@ -55,7 +71,7 @@ fn main() -> ExitCode {
             dr_orchestrator::issue_token(&config, role, &subject, ttl)
                 .map(|token| println!("{token}"))
         }
-        Command::Openapi => unreachable!("handled above"),
+        Command::Openapi | Command::Simulator { .. } => unreachable!("handled above"),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

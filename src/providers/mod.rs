@@ -12,7 +12,7 @@
 pub mod cleanup;
 pub mod hyperbdr;
 pub mod registry;
-// pub mod simulator; (the simulator service; being written)
+pub mod simulator;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
