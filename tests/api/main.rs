@@ -13,6 +13,7 @@ mod health;
 mod openapi;
 mod plans;
 mod providers_client;
+mod recovery;
 mod resources;
 mod runners;
 mod ssh;
