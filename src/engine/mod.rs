@@ -76,8 +76,9 @@ type Recording = (
     oneshot::Sender<crate::error::Result<Option<store::Claimed>>>,
 );
 
-/// How often the reaper looks for drills whose automatic clean-up is due.
-const CLEANUP_SWEEP: Duration = Duration::from_secs(30);
+/// Every how many reaps the reaper looks for drills whose automatic clean-up is due (every
+/// 30 s by default).
+const CLEANUP_SWEEP_EVERY: u32 = 15;
 
 /// A kept SSH connection unused for this long is closed.
 const SSH_IDLE: Duration = Duration::from_secs(60);
@@ -295,7 +296,7 @@ impl Engine {
         let mut last_sweep = std::time::Instant::now();
         loop {
             tokio::time::sleep(self.config.reap_every).await;
-            if last_sweep.elapsed() >= CLEANUP_SWEEP {
+            if last_sweep.elapsed() >= self.config.reap_every * CLEANUP_SWEEP_EVERY {
                 last_sweep = std::time::Instant::now();
                 let engine = self.clone();
                 // Provider calls may take a while: never hold up the reaper.

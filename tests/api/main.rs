@@ -12,6 +12,7 @@ mod examples;
 mod health;
 mod openapi;
 mod plans;
+mod providers;
 mod providers_client;
 mod recovery;
 mod resources;
