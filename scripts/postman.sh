@@ -36,6 +36,7 @@ log() { echo "postman.sh: $*" >&2; }
 
 WORK=""
 SERVICE_PID=""
+SIM_PID=""
 DB_NAME=""
 
 stop_service() {
@@ -65,6 +66,10 @@ cleanup() {
   local status=$?
   set +e
   stop_service
+  if [ -n "$SIM_PID" ]; then
+    kill "$SIM_PID" 2>/dev/null
+    wait "$SIM_PID" 2>/dev/null
+  fi
   if [ -n "$DB_NAME" ]; then
     psql -h "$PG_HOST" -p "$PG_PORT" -U "$PG_USER" -d postgres -qAt -v ON_ERROR_STOP=1 \
       -c "DROP DATABASE IF EXISTS \"$DB_NAME\" WITH (FORCE)" >/dev/null 2>&1 \
@@ -137,6 +142,16 @@ for _ in $(seq 1 50); do
 done
 [ -n "$PORT" ] || { log "found no free port"; exit 1; }
 BASE_URL="http://127.0.0.1:$PORT"
+SIM_PORT=""
+for _ in $(seq 1 50); do
+  candidate=$((20000 + RANDOM % 40000))
+  if [ "$candidate" != "$PORT" ] && ! port_in_use "$candidate"; then
+    SIM_PORT=$candidate
+    break
+  fi
+done
+[ -n "$SIM_PORT" ] || { log "found no free port for the simulator"; exit 1; }
+SIM_URL="http://127.0.0.1:$SIM_PORT"
 export DRO_BIND="127.0.0.1:$PORT"
 export DRO_LOG="${DRO_LOG:-info}"
 export DRO_WORKERS="${DRO_WORKERS:-8}"
@@ -144,6 +159,12 @@ if [ "$DRO_WORKERS" = 0 ]; then
   log "DRO_WORKERS=0 runs no steps; the Executions folder needs an executor pool"
   exit 1
 fi
+
+# --- the recovery provider simulator (the Providers folder drives a drill through it) -------
+log "starting the simulator on $SIM_URL"
+"$BIN" simulator --bind "127.0.0.1:$SIM_PORT" --hosts "$ROOT/postman/simulator-hosts.yaml" \
+  >"$WORK/simulator.log" 2>&1 &
+SIM_PID=$!
 
 # --- start the service and wait until it is ready ------------------------------------------
 log "starting the service on $BASE_URL (log: $SERVICE_LOG)"
@@ -165,6 +186,11 @@ until curl -fsS --max-time 2 "$BASE_URL/readyz" >/dev/null 2>&1; do
   sleep 0.25
 done
 log "the service is ready"
+until curl -s --max-time 2 -o /dev/null "$SIM_URL/simulator/calls"; do
+  kill -0 "$SIM_PID" 2>/dev/null || { log "the simulator exited; its log:"; cat "$WORK/simulator.log" >&2; exit 1; }
+  ((SECONDS < deadline)) || { log "the simulator did not answer"; exit 1; }
+  sleep 0.25
+done
 
 # --- tokens (same environment and working directory as serve) -------------------------------
 mint() { (cd "$RUN_DIR" && "$BIN" token --role "$1" --subject "$2" --ttl 1h) | tail -n 1; }
@@ -178,6 +204,7 @@ set +e
   --env-var "baseUrl=$BASE_URL" \
   --env-var "token=$ADMIN_TOKEN" \
   --env-var "viewerToken=$VIEWER_TOKEN" \
+  --env-var "simUrl=$SIM_URL" \
   --reporters cli \
   --delay-request "$POSTMAN_DELAY_MS" \
   "$@"

@@ -112,6 +112,10 @@ pub struct PlanView {
     pub description: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub target_rto: Option<Duration>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target_rpo: Option<Duration>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auto_cleanup_after: Option<Duration>,
     pub parameters: std::collections::BTreeMap<String, ParamSpec>,
     pub steps: Vec<PlanStepSpec>,
     /// The latest version; the ETag is this number in quotes.
@@ -150,6 +154,8 @@ fn view(plan: PlanRow, spec: PlanSpec, warnings: Vec<String>) -> PlanView {
         name: plan.name,
         description: spec.description,
         target_rto: spec.target_rto,
+        target_rpo: spec.target_rpo,
+        auto_cleanup_after: spec.auto_cleanup_after,
         parameters: spec.parameters,
         steps: spec.steps,
         version: plan.latest_version,

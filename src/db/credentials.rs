@@ -289,3 +289,13 @@ pub fn open_fields(
     }
     Ok(fields)
 }
+
+/// A credential's version (it changes when its secret is rotated).
+pub fn version(conn: &mut PgConnection, id: Uuid) -> Result<i32> {
+    Ok(credentials::table
+        .find(id)
+        .select(credentials::version)
+        .first(conn)
+        .optional()?
+        .unwrap_or(0))
+}

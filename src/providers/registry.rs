@@ -26,10 +26,10 @@ pub struct Provider {
     pub client: Arc<dyn RecoveryProvider>,
 }
 
-/// Clients by provider id, rebuilt when the provider's version changes.
+/// Clients by provider id, rebuilt when the provider or its login credential changes.
 #[derive(Default)]
 pub struct Registry {
-    clients: Mutex<HashMap<Uuid, (i32, Provider)>>,
+    clients: Mutex<HashMap<Uuid, ((i32, i32), Provider)>>,
 }
 
 impl Registry {
@@ -41,8 +41,14 @@ impl Registry {
             }
             other => other,
         })?;
+        // A rotated login (the credential's version) needs a new client as much as an edit.
+        let login_version = match row.credential_id {
+            Some(id) => crate::db::credentials::version(conn, id)?,
+            None => 0,
+        };
+        let current = (row.version, login_version);
         if let Some((version, p)) = self.clients.lock().unwrap().get(&row.id) {
-            if *version == row.version {
+            if *version == current {
                 return Ok(p.clone());
             }
         }
@@ -50,7 +56,7 @@ impl Registry {
         self.clients
             .lock()
             .unwrap()
-            .insert(row.id, (row.version, provider.clone()));
+            .insert(row.id, (current, provider.clone()));
         Ok(provider)
     }
 }

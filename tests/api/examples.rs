@@ -20,6 +20,7 @@ pub async fn load_example(app: &TestApp, dir: &str) -> Value {
     let inventory = yaml(dir, "inventory.yaml");
     for (list, path) in [
         ("credentials", "/api/v1/credentials"),
+        ("providers", "/api/v1/providers"),
         ("resources", "/api/v1/resources"),
     ] {
         for item in inventory[list].as_array().unwrap() {

@@ -257,6 +257,17 @@ async fn the_connection_test_and_the_host_list_speak_to_the_provider() {
         "{}",
         down.text
     );
+    // A refused login is a 502 until the credential is rotated; the next call uses the new one.
+    let refused = app.get("/api/v1/providers/wrong/hosts").await;
+    assert_eq!(refused.status, 502, "{}", refused.text);
+    assert!(!refused.text.contains("n0t-the-password"));
+    let rotated = send(
+        app.admin(Method::PATCH, "/api/v1/credentials/bad_login")
+            .json(&json!({"secret": {"password": "simulator"}})),
+    )
+    .await;
+    assert_eq!(rotated.status, 200, "{}", rotated.text);
+    assert_eq!(app.get("/api/v1/providers/wrong/hosts").await.status, 200);
     // Testing and listing change nothing at the provider.
     assert!(sim.calls().is_empty());
 }
