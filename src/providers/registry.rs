@@ -26,10 +26,13 @@ pub struct Provider {
     pub client: Arc<dyn RecoveryProvider>,
 }
 
+/// The provider's version and its login credential's: a client is good while both hold.
+type Versions = (i32, i32);
+
 /// Clients by provider id, rebuilt when the provider or its login credential changes.
 #[derive(Default)]
 pub struct Registry {
-    clients: Mutex<HashMap<Uuid, ((i32, i32), Provider)>>,
+    clients: Mutex<HashMap<Uuid, (Versions, Provider)>>,
 }
 
 impl Registry {
