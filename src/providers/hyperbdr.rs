@@ -58,6 +58,8 @@ use super::{
 //   each a [`BootInstance`] (instance id, addresses, snapshot, power state). When the list is
 //   missing the host-level boot_status/boot_task_* fields are read as the instance of the
 //   purpose in `boot_instance_purpose`.
+// - A host whose recovery for a purpose failed may be recovered again for it (the failed
+//   instance is replaced); one that is under way or done is refused until deleted.
 // - A batchDeleteInstances item may carry `instance_id` to delete that instance only; deleting
 //   an instance that is gone answers success or 404, both Ok here.
 // =================================================================================================

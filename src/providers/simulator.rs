@@ -795,6 +795,7 @@ async fn batch_boot(sim: web::Data<Shared>, req: HttpRequest, body: web::Bytes) 
         Err(e) => return sim.bad_request(&e),
     };
     let mut state = sim.lock();
+    state.advance(Instant::now());
     // Every item is checked before any is started: a refused batch changes nothing.
     let mut plans = Vec::new();
     for item in &items {
@@ -809,7 +810,12 @@ async fn batch_boot(sim: web::Data<Shared>, req: HttpRequest, body: web::Bytes) 
             drop(state);
             return sim.not_found(&format!("host {} does not exist", item.migration_id));
         };
-        if let Some(existing) = h.instances.iter().find(|i| i.purpose == purpose) {
+        // A failed instance does not stand in the way of a new recovery (it is replaced).
+        if let Some(existing) = h
+            .instances
+            .iter()
+            .find(|i| i.purpose == purpose && !matches!(i.phase, Phase::Failed))
+        {
             let message = format!(
                 "host {} already has a {} instance{}; delete it first",
                 item.migration_id,
@@ -857,6 +863,8 @@ async fn batch_boot(sim: web::Data<Shared>, req: HttpRequest, body: web::Bytes) 
             changed: now,
         };
         if let Some(h) = state.host_mut(&item.migration_id) {
+            h.instances
+                .retain(|i| i.purpose != purpose || !matches!(i.phase, Phase::Failed));
             h.instances.push(instance);
         }
         state.record(

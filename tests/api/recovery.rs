@@ -533,3 +533,64 @@ async fn readiness_reports_a_stale_snapshot_and_an_unreachable_jump_server_with_
     // Nothing was recovered by asking.
     assert!(sim.calls().is_empty(), "{:?}", sim.calls());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_after_a_failed_recovery_recovers_only_the_host_that_failed() {
+    let mut broken = sim_host("vm-app", "10.20.0.12");
+    broken.fail = Some(Fail::Recover);
+    let sim = sim(vec![sim_host("vm-db", "10.20.0.11"), broken]).await;
+    let app = TestApp::spawn_with_engine(2).await;
+    inventory(&app, &sim, &[("db", "vm-db"), ("app", "vm-app")]).await;
+    host_step(
+        &app,
+        "recover_both",
+        "host_recovery",
+        json!({"hosts": ["db", "app"]}),
+    )
+    .await;
+    plan(
+        &app,
+        "retry_recovery",
+        json!([{"key": "recover", "step": "recover_both", "on_failure": "pause"}]),
+    )
+    .await;
+    let id = drill(&app, "retry_recovery").await;
+    let e = crate::engine::wait_for(&app, &id, 60, |e| e["status"] == "paused").await;
+    let recover = step(&e, "recover");
+    assert!(recover["error"].as_str().unwrap().contains("app ("), "{e}");
+    assert_eq!(
+        recover["outputs"]["hosts"]["db"]["state"], "powered_off",
+        "{e}"
+    );
+
+    // The provider side is mended; the operator retries the step and resumes.
+    let mended = reqwest::Client::new()
+        .post(format!("{}/simulator/hosts/vm-app", sim.url()))
+        .json(&json!({"fail": null}))
+        .send()
+        .await
+        .unwrap();
+    assert!(mended.status().is_success());
+    for action in ["steps/recover/retry", "resume"] {
+        let r = send(app.admin(Method::POST, &format!("/api/v1/executions/{id}/{action}"))).await;
+        assert_eq!(r.status, 200, "{action}: {}", r.text);
+    }
+    let e = finished(&app, &id, 60).await;
+    assert_eq!(e["status"], "succeeded", "{e}");
+    assert_eq!(
+        sim.accepted(SimAction::Recover, "vm-db"),
+        1,
+        "{:?}",
+        sim.calls()
+    );
+    assert_eq!(
+        sim.accepted(SimAction::Recover, "vm-app"),
+        2,
+        "{:?}",
+        sim.calls()
+    );
+    assert_eq!(
+        step(&e, "recover")["outputs"]["hosts"]["app"]["private_ip"],
+        "10.20.0.12"
+    );
+}
