@@ -66,6 +66,24 @@ async fn host_step(app: &TestApp, name: &str, kind: &str, params: Value) {
     assert_eq!(r.status, 201, "{}", r.text);
 }
 
+/// Creates a step `<plan>_<key>` per `(key, kind, params)` and plan `plan` running them one
+/// after the other; `extra` is merged into every plan step (e.g. an `on_failure`).
+async fn chain(app: &TestApp, name: &str, steps: &[(&str, &str, Value)], extra: Value) {
+    let mut plan_steps = Vec::new();
+    for (i, (key, kind, params)) in steps.iter().enumerate() {
+        host_step(app, &format!("{name}_{key}"), kind, params.clone()).await;
+        let mut s = json!({"key": key, "step": format!("{name}_{key}")});
+        if i > 0 {
+            s["depends_on"] = json!([steps[i - 1].0]);
+        }
+        for (k, v) in extra.as_object().into_iter().flatten() {
+            s[k] = v.clone();
+        }
+        plan_steps.push(s);
+    }
+    plan(app, name, Value::Array(plan_steps)).await;
+}
+
 fn at(v: &Value) -> DateTime<Utc> {
     v.as_str().unwrap().parse().unwrap()
 }
@@ -85,27 +103,20 @@ async fn recovering_three_hosts_yields_their_facts_and_later_steps_read_them() {
         &[("db", "vm-db"), ("app", "vm-app"), ("web", "vm-web")],
     )
     .await;
-    host_step(
-        &app,
-        "recover_all",
-        "host_recovery",
-        json!({"hosts": {"selector": "tier=app"}}),
-    )
-    .await;
-    script(
-        &app,
-        "point_at_app",
-        "echo \"::output upstream={{ steps.recover.outputs.hosts.app.private_ip }}\"",
-        json!({"params": {"outputs": ["upstream"]}}),
-    )
-    .await;
-    plan(
-        &app,
-        "recover_three",
-        json!([{"key": "recover", "step": "recover_all"},
-               {"key": "point", "step": "point_at_app", "depends_on": ["recover"]}]),
-    )
-    .await;
+    let point = "echo \"::output upstream={{ steps.recover.outputs.hosts.app.private_ip }}\"";
+    let steps = [
+        (
+            "recover",
+            "host_recovery",
+            json!({"hosts": {"selector": "tier=app"}}),
+        ),
+        (
+            "point",
+            "local_script",
+            json!({"script": point, "outputs": ["upstream"]}),
+        ),
+    ];
+    chain(&app, "recover_three", &steps, json!({})).await;
     let id = drill(&app, "recover_three").await;
     let e = finished(&app, &id, 60).await;
     assert_eq!(e["status"], "succeeded", "{e}");
@@ -156,27 +167,19 @@ async fn power_on_boots_groups_in_order_each_running_and_answering_before_the_ne
         ],
     )
     .await;
-    host_step(
-        &app,
-        "recover_all",
-        "host_recovery",
-        json!({"hosts": ["db", "app1", "app2", "web"]}),
-    )
-    .await;
-    host_step(
-        &app,
-        "boot_in_order",
-        "power_on",
-        json!({"hosts": ["db", ["app1", "app2"], "web"], "port": port, "wait_until_running": "30s"}),
-    )
-    .await;
-    plan(
-        &app,
-        "boot_order",
-        json!([{"key": "recover", "step": "recover_all"},
-               {"key": "boot", "step": "boot_in_order", "depends_on": ["recover"]}]),
-    )
-    .await;
+    let steps = [
+        (
+            "recover",
+            "host_recovery",
+            json!({"hosts": ["db", "app1", "app2", "web"]}),
+        ),
+        (
+            "boot",
+            "power_on",
+            json!({"hosts": ["db", ["app1", "app2"], "web"], "port": port, "wait_until_running": "30s"}),
+        ),
+    ];
+    chain(&app, "boot_order", &steps, json!({})).await;
     let id = drill(&app, "boot_order").await;
     let e = finished(&app, &id, 60).await;
     assert_eq!(e["status"], "succeeded", "{e}");
@@ -224,27 +227,15 @@ async fn a_host_failing_to_boot_fails_the_step_by_name_and_later_groups_stay_off
         &[("db", "vm-db"), ("app", "vm-app"), ("web", "vm-web")],
     )
     .await;
-    host_step(
-        &app,
-        "recover_all",
-        "host_recovery",
-        json!({"hosts": ["db", "app", "web"]}),
-    )
-    .await;
-    host_step(
-        &app,
-        "boot_in_order",
-        "power_on",
-        json!({"hosts": ["db", "app", "web"]}),
-    )
-    .await;
-    plan(
-        &app,
-        "boot_fails",
-        json!([{"key": "recover", "step": "recover_all"},
-               {"key": "boot", "step": "boot_in_order", "depends_on": ["recover"]}]),
-    )
-    .await;
+    let steps = [
+        (
+            "recover",
+            "host_recovery",
+            json!({"hosts": ["db", "app", "web"]}),
+        ),
+        ("boot", "power_on", json!({"hosts": ["db", "app", "web"]})),
+    ];
+    chain(&app, "boot_fails", &steps, json!({})).await;
     let id = drill(&app, "boot_fails").await;
     let e = finished(&app, &id, 60).await;
     assert_eq!(e["status"], "failed", "{e}");
@@ -269,19 +260,8 @@ async fn a_crash_during_recovery_followed_by_a_reclaim_does_not_recover_twice() 
     let mut app = TestApp::spawn().await;
     let first = app.start_engine(2, Duration::from_secs(2));
     inventory(&app, &sim, &[("db", "vm-db"), ("app", "vm-app")]).await;
-    host_step(
-        &app,
-        "recover_all",
-        "host_recovery",
-        json!({"hosts": ["db", "app"]}),
-    )
-    .await;
-    plan(
-        &app,
-        "crash_recovery",
-        json!([{"key": "recover", "step": "recover_all"}]),
-    )
-    .await;
+    let steps = [("recover", "host_recovery", json!({"hosts": ["db", "app"]}))];
+    chain(&app, "crash_recovery", &steps, json!({})).await;
     let id = drill(&app, "crash_recovery").await;
     // The provider was asked for both hosts; db is still recovering when the instance dies.
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
@@ -337,32 +317,10 @@ async fn clean_up_deletes_exactly_what_the_drill_created_and_is_idempotent() {
         &[("db", "vm-db"), ("app", "vm-app"), ("other", "vm-other")],
     )
     .await;
-    host_step(
-        &app,
-        "recover_two",
-        "host_recovery",
-        json!({"hosts": ["db", "app"]}),
-    )
-    .await;
-    host_step(
-        &app,
-        "recover_other",
-        "host_recovery",
-        json!({"hosts": ["other"]}),
-    )
-    .await;
-    plan(
-        &app,
-        "two",
-        json!([{"key": "recover", "step": "recover_two"}]),
-    )
-    .await;
-    plan(
-        &app,
-        "other",
-        json!([{"key": "recover", "step": "recover_other"}]),
-    )
-    .await;
+    for (name, hosts) in [("two", json!(["db", "app"])), ("other", json!(["other"]))] {
+        let steps = [("recover", "host_recovery", json!({"hosts": hosts}))];
+        chain(&app, name, &steps, json!({})).await;
+    }
     let other = drill(&app, "other").await;
     let id = drill(&app, "two").await;
     assert_eq!(finished(&app, &other, 60).await["status"], "succeeded");
@@ -541,17 +499,12 @@ async fn a_retry_after_a_failed_recovery_recovers_only_the_host_that_failed() {
     let sim = sim(vec![sim_host("vm-db", "10.20.0.11"), broken]).await;
     let app = TestApp::spawn_with_engine(2).await;
     inventory(&app, &sim, &[("db", "vm-db"), ("app", "vm-app")]).await;
-    host_step(
-        &app,
-        "recover_both",
-        "host_recovery",
-        json!({"hosts": ["db", "app"]}),
-    )
-    .await;
-    plan(
+    let steps = [("recover", "host_recovery", json!({"hosts": ["db", "app"]}))];
+    chain(
         &app,
         "retry_recovery",
-        json!([{"key": "recover", "step": "recover_both", "on_failure": "pause"}]),
+        &steps,
+        json!({"on_failure": "pause"}),
     )
     .await;
     let id = drill(&app, "retry_recovery").await;
