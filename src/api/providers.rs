@@ -183,6 +183,13 @@ fn validated(input: &ProviderInput) -> Result<()> {
         );
     }
     let s = &input.settings;
+    if let Some(pem) = &s.ca_certificate {
+        match reqwest::Certificate::from_pem_bundle(pem.as_bytes()) {
+            Ok(certs) if !certs.is_empty() => {}
+            Ok(_) => v.add("settings.ca_certificate", "holds no PEM certificate"),
+            Err(_) => v.add("settings.ca_certificate", "is not a PEM certificate"),
+        }
+    }
     for (field, d, min) in [
         ("settings.request_timeout", s.request_timeout, 1),
         ("settings.poll_interval", s.poll_interval, 1),

@@ -315,6 +315,8 @@ pub struct HyperBdrConfig {
     pub username: String,
     pub password: Zeroizing<String>,
     pub tls_verify: bool,
+    /// PEM certificate(s) to trust besides the usual roots (a console with a private CA).
+    pub ca_certificate: Option<String>,
     pub request_timeout: Duration,
     pub connect_timeout: Duration,
 }
@@ -326,6 +328,7 @@ impl fmt::Debug for HyperBdrConfig {
             .field("username", &self.username)
             .field("password", &"***")
             .field("tls_verify", &self.tls_verify)
+            .field("ca_certificate", &self.ca_certificate.is_some())
             .field("request_timeout", &self.request_timeout)
             .field("connect_timeout", &self.connect_timeout)
             .finish()
@@ -366,7 +369,15 @@ impl Client {
                 config.base_url.scheme()
             )));
         }
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder();
+        if let Some(pem) = &config.ca_certificate {
+            for cert in reqwest::Certificate::from_pem_bundle(pem.as_bytes())
+                .map_err(|e| ProviderError::Api(format!("the CA certificate is not PEM: {e}")))?
+            {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        let http = builder
             // An API call never redirects; following one would send the token elsewhere.
             .redirect(reqwest::redirect::Policy::none())
             .danger_accept_invalid_certs(!config.tls_verify)
@@ -1018,6 +1029,7 @@ mod tests {
             username: "u".into(),
             password: Zeroizing::new("hunter2".into()),
             tls_verify: true,
+            ca_certificate: None,
             request_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(5),
         };

@@ -144,6 +144,9 @@ pub struct ProviderSettings {
     /// Verify the provider's TLS certificate (turn off only for a lab's self-signed one).
     #[serde(default = "yes")]
     pub tls_verify: bool,
+    /// PEM certificate(s) of a private CA to trust for this provider (besides the usual roots).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_certificate: Option<String>,
     /// Bound on each API call.
     #[serde(default = "thirty_seconds")]
     #[schema(value_type = String, example = "30s")]
@@ -167,6 +170,7 @@ impl Default for ProviderSettings {
     fn default() -> Self {
         Self {
             tls_verify: true,
+            ca_certificate: None,
             request_timeout: thirty_seconds(),
             poll_interval: five_seconds(),
             recovery_timeout: one_hour(),

@@ -93,6 +93,7 @@ pub fn build(conn: &mut PgConnection, key: &MasterKey, row: &ProviderRow) -> Res
         username,
         password,
         tls_verify: settings.tls_verify,
+        ca_certificate: settings.ca_certificate.clone(),
         request_timeout,
         connect_timeout: request_timeout.min(std::time::Duration::from_secs(10)),
     })

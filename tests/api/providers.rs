@@ -11,6 +11,9 @@ use serde_json::{json, Value};
 use crate::common::{send, TestApp};
 use crate::engine::{drill, finished, wait_for};
 
+/// A self-signed certificate (public material only), as a private CA would be pasted.
+const PRIVATE_CA: &str = "-----BEGIN CERTIFICATE-----\nMIIBhTCCASugAwIBAgIUeMqf6EHDyeZegTBPgrfMYn4n2j8wCgYIKoZIzj0EAwIw\nGDEWMBQGA1UEAwwNaHlwZXJiZHIudGVzdDAeFw0yNjEyMDIwMTIxMzdaFw0zNjEx\nMjkwMTIxMzdaMBgxFjAUBgNVBAMMDWh5cGVyYmRyLnRlc3QwWTATBgcqhkjOPQIB\nBggqhkjOPQMBBwNCAAQ+O9q2wLgMWMj2gmrpzUSkMMLcvMBfS5i82PJONZSlF+2l\nYpndhBWWZjMIYl70t86IQIjREdovxVDApshvOuClo1MwUTAdBgNVHQ4EFgQUEnK2\natzl2vftyEFvrWy9ONU9TeowHwYDVR0jBBgwFoAUEnK2atzl2vftyEFvrWy9ONU9\nTeowDwYDVR0TAQH/BAUwAwEB/zAKBggqhkjOPQQDAgNIADBFAiA2c0CaF1KgN8SR\nvcTc3BiUBYX3M7RiA+SYfYQTNoCZ+gIhAOtTk1zF5qegJRd2i9BxqP35SgMXpVPi\nOoYK/pJdrqkm\n-----END CERTIFICATE-----\n";
+
 async fn simulator_with(ids: &[&str]) -> simulator::RunningSimulator {
     let config = SimulatorConfig {
         boot_time: Duration::from_millis(200),
@@ -88,6 +91,24 @@ async fn providers_are_validated_and_stored_without_their_secret() {
         .await;
     assert_eq!(unknown.status, 400, "{}", unknown.text);
 
+    let bad_ca = app
+        .post_json(
+            "/api/v1/providers",
+            &json!({"name": "hb", "kind": "hyperbdr", "base_url": "https://hb.example.com",
+                    "credential": "hb_login", "settings": {"ca_certificate": "-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n"}}),
+        )
+        .await;
+    assert_eq!(bad_ca.status, 400, "{}", bad_ca.text);
+    assert_eq!(field_errors(&bad_ca.body), ["settings.ca_certificate"]);
+    let r = app
+        .post_json(
+            "/api/v1/providers",
+            &json!({"name": "hb_private_ca", "kind": "hyperbdr", "base_url": "https://hb.example.com",
+                    "credential": "hb_login", "settings": {"ca_certificate": PRIVATE_CA}}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    assert_eq!(r.body["settings"]["ca_certificate"], PRIVATE_CA);
     let r = app
         .post_json(
             "/api/v1/providers",
@@ -101,7 +122,7 @@ async fn providers_are_validated_and_stored_without_their_secret() {
     assert_eq!(r.body["settings"]["recovery_timeout"], "45m");
     assert_eq!(r.body["settings"]["tls_verify"], true);
     let listed = app.get("/api/v1/providers").await;
-    assert_eq!(listed.body["total"], 1);
+    assert_eq!(listed.body["total"], 2);
     assert!(!listed.text.contains("pr0vider-pw"));
     // Viewers read; only admins define.
     let as_operator = send(

@@ -43,6 +43,7 @@ fn client_with(url: &str, password: &str, request_timeout: Duration) -> Client {
         username: "admin".into(),
         password: Zeroizing::new(password.into()),
         tls_verify: true,
+        ca_certificate: None,
         request_timeout,
         connect_timeout: Duration::from_secs(2),
     })
