@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod providers;
 pub mod runners;
 pub mod secrets;
+pub mod webhooks;
 
 use std::sync::Arc;
 use std::time::Duration;
