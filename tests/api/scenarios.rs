@@ -737,9 +737,11 @@ async fn scenario_1_vmware_to_cloud_mysql_ha_runs_as_a_drill_end_to_end() {
         conf.contains(&format!("server 127.0.0.21:{wp_port};")),
         "{conf}"
     );
-    assert!(logs(&app, &id, "nginx_switch")
-        .await
-        .contains("test is successful"));
+    let switch = logs(&app, &id, "nginx_switch").await;
+    assert!(
+        switch.contains("test is successful") && switch.contains("through jump server `jump01`"),
+        "{switch}"
+    );
     assert!(
         answers(&nginx.url, "WordPress").await,
         "nginx still proxies to the old upstream"
@@ -1054,6 +1056,11 @@ async fn scenario_2_cross_region_with_drs_switchover_and_dns_runs_as_a_drill_end
     assert!(
         conf.contains(&format!("server 127.0.0.51:{wp_port};")),
         "{conf}"
+    );
+    let switch = logs(&app, &id, "nginx_switch").await;
+    assert!(
+        switch.contains("test is successful") && switch.contains("through jump server `jump_b`"),
+        "{switch}"
     );
     assert!(
         answers(&nginx.url, "WordPress").await,
