@@ -26,13 +26,11 @@ async fn created(app: &TestApp, path: &str, body: Value) {
     assert_eq!(r.status, 201, "{path}: {}", r.text);
 }
 
-/// `None`, said loudly, when a tool the scenarios need is not installed.
-fn tools_present() -> Option<&'static Fixture> {
+/// The sshd fixture, or `None`, said loudly, when it or one of `tools` (path, Debian package) is
+/// not installed.
+fn tools_present(tools: &[(&str, &str)]) -> Option<&'static Fixture> {
     let f = sshd::fixture()?;
-    for (tool, package) in [
-        ("/usr/sbin/nginx", "nginx"),
-        ("/usr/bin/mysqladmin", "mariadb-client"),
-    ] {
+    for (tool, package) in tools {
         if !Path::new(tool).exists() {
             eprintln!("SKIPPED: {tool} is not installed (Debian: {package})");
             return None;
@@ -445,7 +443,12 @@ echo "docker-compose $*: wordpress with$(grep WORDPRESS_DB_HOST docker-compose.y
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scenario_1_vmware_to_cloud_mysql_ha_runs_as_a_drill_end_to_end() {
-    let Some(f) = tools_present() else { return };
+    let Some(f) = tools_present(&[
+        ("/usr/sbin/nginx", "nginx"),
+        ("/usr/bin/mysqladmin", "mariadb-client"),
+    ]) else {
+        return;
+    };
     let Some((db_user, db_password)) = mariadb_user().await else {
         return;
     };
@@ -839,7 +842,9 @@ esac
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scenario_2_cross_region_with_drs_switchover_and_dns_runs_as_a_drill_end_to_end() {
-    let Some(f) = tools_present() else { return };
+    let Some(f) = tools_present(&[("/usr/sbin/nginx", "nginx")]) else {
+        return;
+    };
     // Region B: WordPress recovered onto 127.0.0.51, Nginx onto 127.0.0.52 (its public address,
     // where it serves the site, is 127.0.0.62); production's addresses are dead loopback ones.
     let (ssh_port, _hosts) = host_sshds(f, &["127.0.0.51", "127.0.0.52"]);
