@@ -65,11 +65,6 @@ fn executable(path: &Path, text: &str) {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
 }
 
-fn id_of(user: &str, flag: &str) -> u32 {
-    let out = Command::new("id").args([flag, user]).output().unwrap();
-    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
-}
-
 /// A real nginx, run as the SSH user who owns its configuration (as an admin would with sudo),
 /// proxying `listen` to the upstream `upstream`. Stopped on drop.
 struct Nginx {
@@ -97,12 +92,16 @@ impl Nginx {
         .unwrap();
         chown(&dir, user);
         use std::os::unix::process::CommandExt;
+        let account = nix::unistd::User::from_name(user)
+            .unwrap()
+            .expect("the sshd fixture made the user");
+        // nginx itself is the child (`runuser` would orphan it when killed).
         let child = Command::new("/usr/sbin/nginx")
             .arg("-c")
             .arg(&conf)
             .args(["-g", "daemon off;"])
-            .uid(id_of(user, "-u"))
-            .gid(id_of(user, "-g"))
+            .uid(account.uid.as_raw())
+            .gid(account.gid.as_raw())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
