@@ -39,14 +39,29 @@ fn tools_present(tools: &[(&str, &str)]) -> Option<&'static Fixture> {
     Some(f)
 }
 
-/// A fresh directory owned by `user` (the SSH user the scripts run as).
-fn owned_dir(tag: &str, user: &str) -> PathBuf {
+/// A fresh directory owned by `user` (the SSH user the scripts run as), removed on drop.
+struct OwnedDir(PathBuf);
+
+impl std::ops::Deref for OwnedDir {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for OwnedDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn owned_dir(tag: &str, user: &str) -> OwnedDir {
     let dir =
         std::env::temp_dir().join(format!("dro-scen-{tag}-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
     chown(&dir, user);
-    dir
+    OwnedDir(dir)
 }
 
 fn chown(path: &Path, user: &str) {
@@ -69,6 +84,7 @@ fn executable(path: &Path, text: &str) {
 /// proxying `listen` to the upstream `upstream`. Stopped on drop.
 struct Nginx {
     child: Child,
+    _dir: OwnedDir,
     conf: PathBuf,
     url: String,
 }
@@ -108,6 +124,7 @@ impl Nginx {
             .unwrap();
         Self {
             child,
+            _dir: dir,
             conf,
             url: format!("http://{listen}:{port}/"),
         }
@@ -523,7 +540,7 @@ async fn scenario_1_vmware_to_cloud_mysql_ha_runs_as_a_drill_end_to_end() {
         json!({"name": "wordpress", "kind": "host", "labels": {"app": "wordpress", "tier": "web"},
                "attributes": {"private_ip": "127.0.1.21", "os": "linux", "provider": "sim",
                               "provider_host_id": "vm-wordpress-01", "ssh": ssh,
-                              "extra": {"app_dir": wp_dir}}}),
+                              "extra": {"app_dir": &*wp_dir}}}),
         json!({"name": "nginx", "kind": "host", "labels": {"app": "wordpress", "tier": "edge"},
                "attributes": {"private_ip": "127.0.1.22", "public_ip": "198.51.100.22",
                               "os": "linux", "provider": "sim", "provider_host_id": "vm-nginx-01",
@@ -900,7 +917,7 @@ async fn scenario_2_cross_region_with_drs_switchover_and_dns_runs_as_a_drill_end
         json!({"name": "jump_b", "kind": "jump_server",
                "attributes": {"address": "127.0.0.40", "port": jump.port, "user": KEY_USER,
                               "credential": "jump_b_key", "trust_on_first_use": true,
-                              "extra": {"drs_home": drs_home, "dns_zone": zone}}}),
+                              "extra": {"drs_home": &*drs_home, "dns_zone": zone}}}),
         json!({"name": "wordpress", "kind": "host", "labels": {"app": "wordpress", "tier": "web"},
                "attributes": {"private_ip": "127.0.1.51", "provider": "sim",
                               "provider_host_id": "ecs-wordpress-a",
