@@ -14,7 +14,7 @@ use crate::common::{captured_logs, run_single, start_http_server, TestApp};
 
 /// A dnsmasq answering on 127.0.0.1 from a hosts file of its own (re-read on `set_hosts`) and
 /// the extra records it was started with; killed on drop.
-struct Dnsmasq {
+pub struct Dnsmasq {
     child: Child,
     dir: PathBuf,
     port: u16,
@@ -23,7 +23,7 @@ struct Dnsmasq {
 impl Dnsmasq {
     /// `None` (said loudly) when dnsmasq is not installed; a dnsmasq that is installed but does
     /// not come up fails the test.
-    fn start(hosts: &str, extra: &[&str]) -> Option<Self> {
+    pub fn start(hosts: &str, extra: &[&str]) -> Option<Self> {
         let Some(binary) = ["dnsmasq", "/usr/sbin/dnsmasq"].into_iter().find(|b| {
             Command::new(b)
                 .arg("--version")
@@ -94,7 +94,7 @@ impl Dnsmasq {
         false
     }
 
-    fn server(&self) -> String {
+    pub fn server(&self) -> String {
         format!("127.0.0.1:{}", self.port)
     }
 
@@ -106,7 +106,7 @@ impl Dnsmasq {
     }
 
     /// What it logged, for assertion messages.
-    fn log(&self) -> String {
+    pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("log")).unwrap_or_default()
     }
 }
@@ -262,7 +262,7 @@ async fn a_dns_check_sees_an_answer_that_changes_between_tries() {
 
 /// A MariaDB user with a password for the sql checks, on the local MariaDB (127.0.0.1:3306,
 /// root without a password, database `test`); `None`, said loudly, when there is none.
-async fn mariadb_user() -> Option<(&'static str, &'static str)> {
+pub async fn mariadb_user() -> Option<(&'static str, &'static str)> {
     use mysql_async::prelude::Queryable;
     const USER: &str = "dro_check";
     const PASSWORD: &str = "dro-check-Pw-7d41";

@@ -310,9 +310,11 @@ impl TestApp {
     }
 
     /// The service with an executor pool of `workers` (short lease, fast polling for tests).
+    /// With one engine instance. Its lease is long enough that a loaded 2-core machine never
+    /// lets it lapse mid-step; the tests of lapsed leases start engines with short ones.
     pub async fn spawn_with_engine(workers: usize) -> Self {
         let mut app = Self::spawn_sized(24).await;
-        app.start_engine(workers, Duration::from_secs(3));
+        app.start_engine(workers, Duration::from_secs(15));
         app
     }
 

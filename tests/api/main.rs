@@ -17,5 +17,6 @@ mod providers_client;
 mod recovery;
 mod resources;
 mod runners;
+mod scenarios;
 mod ssh;
 mod sshd;

@@ -834,6 +834,18 @@ impl Drop for KillOnDrop {
     }
 }
 
+struct TerminateOnDrop(std::process::Child);
+
+impl Drop for TerminateOnDrop {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.0.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let _ = self.0.wait();
+    }
+}
+
 /// The seed's scenario-1 web tier: nginx's upstream still names the old WordPress address; a
 /// remote script rewrites it with `sed` to the recovered one, tests and reloads nginx, and an
 /// http check through nginx then passes.
@@ -868,22 +880,21 @@ async fn the_web_tier_step_repoints_nginx_to_the_recovered_backend() {
         .args(["-R", PASSWORD_USER, &dir])
         .status()
         .unwrap();
-    let _nginx = KillOnDrop(
-        std::process::Command::new("runuser")
-            .args([
-                "-u",
-                PASSWORD_USER,
-                "--",
-                "/usr/sbin/nginx",
-                "-c",
-                &conf,
-                "-g",
-                "daemon off;",
-            ])
+    // nginx itself is the child (not `runuser`, whose SIGKILL would orphan nginx), stopped by
+    // SIGTERM so that its master stops the workers too.
+    let _nginx = TerminateOnDrop({
+        use std::os::unix::process::CommandExt;
+        let user = nix::unistd::User::from_name(PASSWORD_USER)
+            .unwrap()
+            .expect("the fixture made the user");
+        std::process::Command::new("/usr/sbin/nginx")
+            .args(["-c", &conf, "-g", "daemon off;"])
+            .uid(user.uid.as_raw())
+            .gid(user.gid.as_raw())
             .stderr(std::process::Stdio::null())
             .spawn()
-            .unwrap(),
-    );
+            .unwrap()
+    });
     let site = format!("http://127.0.0.1:{nginx_port}/health");
     let deadline = Instant::now() + Duration::from_secs(10);
     let before = loop {
