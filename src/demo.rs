@@ -62,11 +62,15 @@ pub fn run(config: &Config, options: &DemoOptions) -> Result<(), String> {
         tokio::pin!(serving);
         let drill = tokio::select! {
             drill = drill(&api, &simulator_url) => drill,
-            // SIGINT or SIGTERM: actix stops the server.
-            served = &mut serving => {
-                println!("Interrupted.");
+            // On SIGINT (and SIGTERM) actix stops the server by itself.
+            _ = tokio::signal::ctrl_c() => {
+                println!();
+                println!("Interrupted: stopping. The next `dr-orchestrator demo` cancels this drill.");
+                let served = serving.await;
+                sim.stop().await;
                 return served;
             }
+            served = &mut serving => return served,
         };
         if options.keep_running && drill.is_ok() {
             println!();
