@@ -36,7 +36,7 @@ pub fn run(config: &Config, options: &DemoOptions) -> Result<(), String> {
     match &config.database_url {
         None => println!(
             "Starting dr-orchestrator with its own PostgreSQL under {} ...",
-            config.data_dir.display()
+            std::path::Path::new(".").join(&config.data_dir).display()
         ),
         Some(_) => println!("Starting dr-orchestrator on DATABASE_URL ..."),
     }
@@ -109,16 +109,17 @@ async fn drill(api: &Api, simulator_url: &str) -> Result<(), String> {
 
     println!();
     println!("Starting a drill of `{}` ...", plan.name);
-    let started = api
+    let executions = format!("/api/v1/plans/{}/executions", plan.name);
+    let (status, started) = api
         .call(
-            api.request(
-                Method::POST,
-                &format!("/api/v1/plans/{}/executions", plan.name),
-            )
-            .json(&json!({"mode": "drill", "params": {"service_url": api.base}})),
+            api.request(Method::POST, &executions)
+                .json(&json!({"mode": "drill", "params": {"service_url": api.base}})),
         )
         .await?;
-    let id = field(&started.1, "id")?;
+    if !status.is_success() {
+        return Err(refused(&executions, "drill", status, &started));
+    }
+    let id = field(&started, "id")?;
     println!("  execution {id}: {}/api/v1/executions/{id}", api.base);
     println!();
     let status = follow(api, &id).await?;

@@ -213,7 +213,10 @@ impl Service {
             .shutdown_timeout(30)
             .bind(config.bind)
             .map_err(|e| format!("cannot listen on {}: {e}", config.bind))?;
-        let addr = server.addrs()[0];
+        let addr = *server
+            .addrs()
+            .first()
+            .ok_or_else(|| format!("cannot listen on {}", config.bind))?;
         let server = server.run();
         let handle = server.handle();
         tracing::info!(bind = %addr, "dr-orchestrator is listening");
