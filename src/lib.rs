@@ -8,6 +8,7 @@ pub mod auth;
 pub mod config;
 pub mod crypto;
 pub mod db;
+pub mod demo;
 pub mod domain;
 pub mod engine;
 pub mod error;
@@ -155,46 +156,91 @@ pub fn migrate(config: &Config) -> Result<(), String> {
     Ok(())
 }
 
-/// `dr-orchestrator serve`: runs until SIGINT/SIGTERM, then drains requests and stops the
-/// embedded cluster if it started one.
-pub fn serve(config: &Config) -> Result<(), String> {
-    // Secrets first: a misconfigured instance must not touch (migrate) the database.
-    let secrets = Secrets::resolve(config)?;
-    let database = open_database(config)?;
-    {
-        let mut conn = database
-            .db
-            .pool()
-            .get()
-            .map_err(|e| format!("cannot connect to the database: {e}"))?;
-        db::credentials::check_master_key(&mut conn, &secrets.master_key)?;
-    }
-    let print_token = secrets.from_data_dir;
-    let state = AppState::new(database.db.clone(), secrets);
+/// What a service runs on, opened before its runtime starts: the secrets, the migrated database
+/// (checked against the master key) and the app state. Dropping it stops the embedded cluster.
+pub struct Prepared {
+    pub state: AppState,
+    pub database: Database,
+    /// The secrets were generated into (or read from) the data directory: the embedded mode.
+    pub secrets_from_data_dir: bool,
+}
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+impl Prepared {
+    pub fn open(config: &Config) -> Result<Self, String> {
+        // Secrets first: a misconfigured instance must not touch (migrate) the database.
+        let secrets = Secrets::resolve(config)?;
+        let database = open_database(config)?;
+        {
+            let mut conn = database
+                .db
+                .pool()
+                .get()
+                .map_err(|e| format!("cannot connect to the database: {e}"))?;
+            db::credentials::check_master_key(&mut conn, &secrets.master_key)?;
+        }
+        let secrets_from_data_dir = secrets.from_data_dir;
+        Ok(Self {
+            state: AppState::new(database.db.clone(), secrets),
+            database,
+            secrets_from_data_dir,
+        })
+    }
+}
+
+/// The runtime `serve` and `demo` run on.
+pub fn runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .map_err(|e| format!("cannot start the async runtime: {e}"))?;
-    let result = runtime.block_on(async {
-        let engine = start_engine(&state, config);
+        .map_err(|e| format!("cannot start the async runtime: {e}"))
+}
+
+/// The service running on the current tokio runtime: the executor pool, and the HTTP server
+/// listening on `addr` (which stops on SIGINT/SIGTERM, or through [`Service::handle`]).
+pub struct Service {
+    pub addr: std::net::SocketAddr,
+    handle: actix_web::dev::ServerHandle,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+    engine: Option<(Arc<engine::Engine>, Vec<tokio::task::JoinHandle<()>>)>,
+}
+
+impl Service {
+    /// Starts the engine and binds the HTTP server to `config.bind` (port 0: a free one).
+    pub fn start(state: &AppState, config: &Config) -> Result<Self, String> {
+        let engine = start_engine(state, config);
         let app_state = state.clone();
         let server = HttpServer::new(move || build_app(&app_state))
             .workers(config.http_workers)
             .shutdown_timeout(30)
             .bind(config.bind)
-            .map_err(|e| format!("cannot listen on {}: {e}", config.bind))?
-            .run();
-        tracing::info!(bind = %config.bind, "dr-orchestrator is listening");
-        println!("dr-orchestrator is listening on http://{}", config.bind);
-        println!("  Swagger UI: http://{}/docs/", config.bind);
-        if print_token {
-            announce_admin_token(&state, config);
-        }
-        let served = server
-            .await
-            .map_err(|e| format!("the HTTP server failed: {e}"));
-        if let Some((engine, tasks)) = engine {
+            .map_err(|e| format!("cannot listen on {}: {e}", config.bind))?;
+        let addr = *server
+            .addrs()
+            .first()
+            .ok_or_else(|| format!("cannot listen on {}", config.bind))?;
+        let server = server.run();
+        let handle = server.handle();
+        tracing::info!(bind = %addr, "dr-orchestrator is listening");
+        Ok(Self {
+            addr,
+            handle,
+            server: tokio::spawn(server),
+            engine,
+        })
+    }
+
+    /// Stops the HTTP server (draining requests in flight) when asked.
+    pub fn handle(&self) -> actix_web::dev::ServerHandle {
+        self.handle.clone()
+    }
+
+    /// Serves until the HTTP server stops, then stops the executor pool.
+    pub async fn wait(self) -> Result<(), String> {
+        let served = match self.server.await {
+            Ok(result) => result.map_err(|e| format!("the HTTP server failed: {e}")),
+            Err(e) => Err(format!("the HTTP server failed: {e}")),
+        };
+        if let Some((engine, tasks)) = self.engine {
             // Steps in flight keep their leases until they expire; another instance (or this
             // one after a restart) reclaims them.
             engine.stop();
@@ -203,8 +249,23 @@ pub fn serve(config: &Config) -> Result<(), String> {
             }
         }
         served
+    }
+}
+
+/// `dr-orchestrator serve`: runs until SIGINT/SIGTERM, then drains requests and stops the
+/// embedded cluster if it started one.
+pub fn serve(config: &Config) -> Result<(), String> {
+    let prepared = Prepared::open(config)?;
+    let result = runtime()?.block_on(async {
+        let service = Service::start(&prepared.state, config)?;
+        println!("dr-orchestrator is listening on http://{}", service.addr);
+        println!("  Swagger UI: http://{}/docs/", service.addr);
+        if prepared.secrets_from_data_dir {
+            announce_admin_token(&prepared.state, config);
+        }
+        service.wait().await
     });
-    drop(database);
+    drop(prepared);
     result
 }
 
@@ -234,7 +295,7 @@ fn start_engine(
 
 /// The embedded mode's ready-to-paste admin token: on a terminal it is printed; otherwise (a
 /// journal, `docker logs`) it goes to a 0600 file, so no log ever holds it.
-fn announce_admin_token(state: &AppState, config: &Config) {
+pub fn announce_admin_token(state: &AppState, config: &Config) {
     use std::io::IsTerminal;
     let token = state
         .jwt

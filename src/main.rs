@@ -37,6 +37,16 @@ enum Command {
         #[arg(long, default_value = "1h", value_parser = parse_ttl)]
         ttl: chrono::Duration,
     },
+    /// Run scenario 1 as a drill on this machine: the service (as `serve` runs it), the
+    /// HyperBDR simulator, the example loaded over the API, the drill's log and its report.
+    Demo {
+        /// Address the service listens on (default: DRO_BIND, else 127.0.0.1:8080).
+        #[arg(long)]
+        bind: Option<SocketAddr>,
+        /// Stop once the report is printed instead of serving until Ctrl-C.
+        #[arg(long)]
+        exit: bool,
+    },
     /// Run the HyperBDR simulator: HyperBDR's API v2 over the hosts of a YAML file.
     Simulator {
         #[arg(long, default_value = "127.0.0.1:8086")]
@@ -59,14 +69,27 @@ fn main() -> ExitCode {
             Err(e) => fail(&e),
         };
     }
-    let config = match Config::from_env() {
+    let mut config = match Config::from_env() {
         Ok(config) => config,
         Err(e) => return fail(&format!("configuration: {e}")),
     };
+    if let Command::Demo { bind, .. } = &cli.command {
+        config.bind = bind.unwrap_or(config.bind);
+        // The demo's own output is the story; the access log of its polling would drown it.
+        if std::env::var_os("DRO_LOG").is_none() {
+            config.log_filter = "warn".into();
+        }
+    }
     dr_orchestrator::init_tracing(&config);
     let result = match cli.command {
         Command::Serve => dr_orchestrator::serve(&config),
         Command::Migrate => dr_orchestrator::migrate(&config),
+        Command::Demo { exit, .. } => dr_orchestrator::demo::run(
+            &config,
+            &dr_orchestrator::demo::DemoOptions {
+                keep_running: !exit,
+            },
+        ),
         Command::Token { role, subject, ttl } => {
             dr_orchestrator::issue_token(&config, role, &subject, ttl)
                 .map(|token| println!("{token}"))

@@ -401,3 +401,107 @@ async fn killing_the_instance_that_runs_a_script_pauses_the_execution_on_the_sur
         .args(["-f", "sleep 6004"])
         .status();
 }
+
+/// Runs `dr-orchestrator demo --exit` on a free port, asserts it exits 0; what it printed.
+fn run_demo(mut cmd: Command) -> String {
+    let port = free_port();
+    let mut child = KillOnDrop(
+        cmd.args(["demo", "--exit", "--bind", &format!("127.0.0.1:{port}")])
+            .env("DRO_HTTP_WORKERS", "1")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let drain = |mut pipe: Box<dyn std::io::Read + Send>| {
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = pipe.read_to_string(&mut text);
+            text
+        })
+    };
+    let stdout = drain(Box::new(child.0.stdout.take().unwrap()));
+    let stderr = drain(Box::new(child.0.stderr.take().unwrap()));
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let status = loop {
+        if let Some(status) = child.0.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.0.kill();
+            panic!(
+                "the demo did not finish in 90 s:\n{}",
+                stdout.join().unwrap()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let out = stdout.join().unwrap();
+    let err = stderr.join().unwrap();
+    assert!(status.success(), "{status}\n{out}\n{err}");
+    out
+}
+
+/// What a newcomer must see: the drill succeeded, the report with its RTO met, the recovered
+/// hosts' addresses, and no secret but masked ones.
+fn assert_demo_story(out: &str) {
+    assert!(out.contains("execution succeeded"), "{out}");
+    assert!(out.contains("Drill succeeded."), "{out}");
+    let rto = out
+        .lines()
+        .find(|l| l.starts_with("- Measured RTO:"))
+        .unwrap_or_else(|| panic!("no RTO line in the report:\n{out}"));
+    assert!(rto.ends_with("against a target of 15m (met)"), "{rto}");
+    assert!(
+        out.contains("| wordpress | vm-wordpress-01 | sim-i-1 | 127.0.0.21 |"),
+        "{out}"
+    );
+    assert!(out.contains("sed -i s/192.168.10.21/127.0.0.21/g"), "{out}");
+    assert!(out.contains("signoff            succeeded"), "{out}");
+    assert!(out.contains("Bearer ******"), "{out}");
+    for secret in ["demo-mysql-password", "demo-dns-token", "eyJ"] {
+        assert!(!out.contains(secret), "{secret} printed:\n{out}");
+    }
+}
+
+#[test]
+fn demo_runs_scenario_1_as_a_drill_on_its_own_postgres_and_prints_the_report() {
+    let dir = temp_dir();
+    let out = run_demo(bare_command(&dir));
+    assert_demo_story(&out);
+    assert!(
+        !dir.join("data/postgres/postmaster.pid").exists(),
+        "the embedded PostgreSQL was stopped"
+    );
+
+    // Run again on the same ./data: the example is replaced, not refused.
+    let again = run_demo(bare_command(&dir));
+    assert!(
+        again.contains("replaced /api/v1/steps/promote_replica"),
+        "{again}"
+    );
+    assert!(
+        again.contains("saved a new version of /api/v1/plans/"),
+        "{again}"
+    );
+    assert_demo_story(&again);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn demo_runs_on_an_external_database_too() {
+    let db = crate::common::TestDb::new();
+    let mut cmd = bare_command(&std::env::temp_dir());
+    cmd.env("DATABASE_URL", &db.url)
+        .env(
+            "DRO_JWT_SECRET",
+            "a-secret-for-the-demo-test-0123456789abcdef",
+        )
+        .env(
+            "DRO_MASTER_KEY",
+            dr_orchestrator::crypto::MasterKey::generate_base64(),
+        );
+    let out = run_demo(cmd);
+    assert!(out.contains("on DATABASE_URL"), "{out}");
+    assert_demo_story(&out);
+}
