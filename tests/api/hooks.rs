@@ -169,6 +169,10 @@ async fn bad_signatures_stale_timestamps_and_unsigned_calls_are_401_and_start_no
     )
     .await;
     jwt.assert_problem(401, "unauthorized");
+    let big = format!(r#"{{"pad": "{}"}}"#, "x".repeat(300 * 1024));
+    call(&app, &id, &secret, "msg_big", &big)
+        .await
+        .assert_problem(413, "payload-too-large");
     assert_eq!(executions(&app).await, 0);
     assert!(!r.text.contains(&secret) && !captured_logs().contains(&secret));
 }
