@@ -229,14 +229,22 @@ impl<T: DeserializeOwned + 'static> FromRequest for OptionalJson<T> {
 }
 
 /// Reads a request body of at most `MAX_JSON_BODY` bytes.
-pub async fn read_body(mut payload: Payload) -> Result<web::BytesMut, Error> {
+pub async fn read_body(payload: Payload) -> Result<web::BytesMut, Error> {
+    read_body_up_to(payload, MAX_JSON_BODY).await
+}
+
+/// Reads a request body of at most `max` bytes (413 beyond).
+pub async fn read_body_up_to<S>(mut payload: S, max: usize) -> Result<web::BytesMut, Error>
+where
+    S: futures_util::Stream<Item = Result<web::Bytes, actix_web::error::PayloadError>> + Unpin,
+{
     let mut body = web::BytesMut::new();
     while let Some(chunk) = payload.next().await {
         let chunk =
             chunk.map_err(|e| Error::BadRequest(format!("reading the body failed: {e}")))?;
-        if body.len() + chunk.len() > MAX_JSON_BODY {
+        if body.len() + chunk.len() > max {
             return Err(Error::PayloadTooLarge(format!(
-                "the body is larger than {MAX_JSON_BODY} bytes"
+                "the body is larger than {max} bytes"
             )));
         }
         body.extend_from_slice(&chunk);

@@ -189,88 +189,23 @@ pub async fn start(
     }
     let key = key.into_inner();
     let templates = engine.into_inner();
-    let actor = user.subject.clone();
     // Captured here: the request id lives on this task, not on the database thread.
-    let audit_actor = crate::db::audit::Actor::from_user(&user);
+    let actor = crate::db::audit::Actor::from_user(&user);
     let (row, created) = db
         .transaction(move |conn| {
-            let plan = crate::db::plans::find(conn, &key)?;
-            if let Some(k) = &idempotency {
-                if let Some(existing) = store::find_idempotent(conn, plan.id, &actor, k)? {
-                    return Ok((existing, false));
-                }
-            }
-            let version = crate::db::plans::version(
+            start_in(
                 conn,
-                &plan,
-                body.version.unwrap_or(plan.latest_version),
-            )?;
-            let spec: PlanSpec =
-                serde_json::from_value(version.spec.clone()).map_err(Error::internal)?;
-            let resolved: Vec<ResolvedStep> =
-                serde_json::from_value(version.resolved.clone()).map_err(Error::internal)?;
-            if body.mode == ExecutionMode::Failover
-                && body.confirm.as_deref() != Some(plan.name.as_str())
-            {
-                return Err(Error::field(
-                    "confirm",
-                    format!(
-                        "a failover runs only when `confirm` is the plan's name, `{}`",
-                        plan.name
-                    ),
-                ));
-            }
-            let params =
-                domain::check_params(&spec.parameters, &body.params).map_err(Error::Validation)?;
-            let inventory = crate::db::plans::inventory(conn)?;
-            let report = domain::validate_resolved(
                 &templates,
-                &spec,
-                &resolved,
-                &inventory,
-                &domain::Observed::new(),
-            );
-            if !report.valid {
-                return Err(Error::Validation(report.errors));
-            }
-            let new = NewExecution {
-                plan_id: plan.id,
-                plan_name: &plan.name,
-                version: version.version,
-                resolved: &resolved,
-                mode: body.mode,
-                params: &params,
-                idempotency_key: idempotency.as_deref(),
-                created_by: &actor,
-                paused: None,
-                auto_cleanup_secs: spec
-                    .auto_cleanup_after
-                    .filter(|_| body.mode == ExecutionMode::Drill)
-                    .map(|d| d.as_secs().min(i32::MAX as u64) as i32),
-            };
-            let row = if body.mode == ExecutionMode::DryRun {
-                let rendered = domain::render(
-                    &templates,
-                    &plan.name,
-                    version.version,
-                    &resolved,
-                    &inventory,
-                    body.mode.plan_mode(),
-                    &params,
-                )
-                .map_err(Error::Validation)?;
-                store::create_dry_run(conn, new, &rendered)?
-            } else {
-                store::create(conn, new)?
-            };
-            record(
-                conn,
-                &audit_actor,
-                "start",
-                &row,
-                json!({"mode": body.mode, "version": row.plan_version}),
-            )?;
-            Ok((row, true))
+                StartRequest {
+                    plan: &key,
+                    mode: body.mode,
+                    params: &body.params,
+                    version: body.version,
+                    failover: FailoverGate::Confirm(body.confirm.as_deref()),
+                    idempotency_key: idempotency.as_deref(),
+                    actor: &actor,
+                },
+            )
         })
         .await?;
     let id = row.id;
@@ -282,6 +217,118 @@ pub async fn start(
     } else {
         Ok(HttpResponse::Ok().json(view))
     }
+}
+
+/// How a failover gets its go.
+pub enum FailoverGate<'a> {
+    /// The caller's `confirm` must be the plan's name (a validation error on `confirm` otherwise).
+    Confirm(Option<&'a str>),
+    /// The execution is created paused with this reason, waiting for an operator to resume it.
+    AwaitOperator(String),
+}
+
+/// What to start, and who starts it.
+pub struct StartRequest<'a> {
+    /// The plan's id or name.
+    pub plan: &'a str,
+    pub mode: ExecutionMode,
+    pub params: &'a Map<String, Value>,
+    /// Default: the latest version.
+    pub version: Option<i32>,
+    pub failover: FailoverGate<'a>,
+    pub idempotency_key: Option<&'a str>,
+    /// `created_by` and the audit row's actor.
+    pub actor: &'a crate::db::audit::Actor,
+}
+
+/// Starts an execution of a plan version inside the caller's transaction, audited: checks the
+/// failover's confirmation, the parameters and the plan against today's inventory, then creates
+/// it (a dry run is rendered and finished at once). With an idempotency key already used by the
+/// same actor for the plan, returns that execution and `false`. Shared by the API's `start` and
+/// by inbound hooks.
+pub fn start_in(
+    conn: &mut PgConnection,
+    templates: &TemplateEngine,
+    req: StartRequest<'_>,
+) -> Result<(ExecutionRow, bool)> {
+    let plan = crate::db::plans::find(conn, req.plan)?;
+    let actor = req.actor;
+    if let Some(k) = req.idempotency_key {
+        if let Some(existing) = store::find_idempotent(conn, plan.id, &actor.subject, k)? {
+            return Ok((existing, false));
+        }
+    }
+    let version =
+        crate::db::plans::version(conn, &plan, req.version.unwrap_or(plan.latest_version))?;
+    let spec: PlanSpec = serde_json::from_value(version.spec.clone()).map_err(Error::internal)?;
+    let resolved: Vec<ResolvedStep> =
+        serde_json::from_value(version.resolved.clone()).map_err(Error::internal)?;
+    let mut paused = None;
+    if req.mode == ExecutionMode::Failover {
+        match req.failover {
+            FailoverGate::Confirm(confirm) if confirm != Some(plan.name.as_str()) => {
+                return Err(Error::field(
+                    "confirm",
+                    format!(
+                        "a failover runs only when `confirm` is the plan's name, `{}`",
+                        plan.name
+                    ),
+                ));
+            }
+            FailoverGate::Confirm(_) => {}
+            FailoverGate::AwaitOperator(reason) => paused = Some(reason),
+        }
+    }
+    let params = domain::check_params(&spec.parameters, req.params).map_err(Error::Validation)?;
+    let inventory = crate::db::plans::inventory(conn)?;
+    let report = domain::validate_resolved(
+        templates,
+        &spec,
+        &resolved,
+        &inventory,
+        &domain::Observed::new(),
+    );
+    if !report.valid {
+        return Err(Error::Validation(report.errors));
+    }
+    let new = NewExecution {
+        plan_id: plan.id,
+        plan_name: &plan.name,
+        version: version.version,
+        resolved: &resolved,
+        mode: req.mode,
+        params: &params,
+        idempotency_key: req.idempotency_key,
+        created_by: &actor.subject,
+        paused: paused.as_deref(),
+        auto_cleanup_secs: spec
+            .auto_cleanup_after
+            .filter(|_| req.mode == ExecutionMode::Drill)
+            .map(|d| d.as_secs().min(i32::MAX as u64) as i32),
+    };
+    let row = if req.mode == ExecutionMode::DryRun {
+        let rendered = domain::render(
+            templates,
+            &plan.name,
+            version.version,
+            &resolved,
+            &inventory,
+            req.mode.plan_mode(),
+            &params,
+        )
+        .map_err(Error::Validation)?;
+        store::create_dry_run(conn, new, &rendered)?
+    } else {
+        store::create(conn, new)?
+    };
+    record(
+        conn,
+        actor,
+        "start",
+        &row,
+        json!({"mode": req.mode, "version": row.plan_version}),
+    )?;
+    Ok((row, true))
 }
 
 /// A page of executions, newest first.
@@ -390,7 +437,7 @@ pub async fn get(_: Viewer, db: web::Data<Db>, id: web::Path<String>) -> Result<
 }
 
 /// Writes the audit row of an action on an execution.
-fn record(
+pub(crate) fn record(
     conn: &mut PgConnection,
     actor: &crate::db::audit::Actor,
     action: &str,

@@ -5,6 +5,7 @@ pub mod audit;
 pub mod credentials;
 pub mod executions;
 pub mod health;
+pub mod hooks;
 pub mod pagination;
 pub mod plans;
 pub mod providers;
@@ -14,7 +15,7 @@ pub mod steps;
 
 use actix_web::http::header;
 use actix_web::{web, HttpResponse};
-use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 use utoipa_swagger_ui::SwaggerUi;
 
@@ -29,6 +30,8 @@ use crate::error::{FieldError, Problem, Referrer};
 DNS records; recovery plans made of reusable steps; drills and failovers run by a durable executor pool.\n\n\
 Authenticate with `Authorization: Bearer <JWT>` (get one with `dr-orchestrator token --role admin`). \
 Roles: `viewer` reads, `operator` also runs and approves, `admin` also defines.\n\n\
+ITSM and ChatOps tools call inbound hooks at `/hooks/{hook_id}` instead, signed with the \
+hook's secret (Standard Webhooks) or with its bearer token.\n\n\
 Errors are RFC 7807 `application/problem+json` with a stable `type`, a `detail`, the `request_id`, \
 and `errors[]` naming each invalid field. Objects carry an `ETag`; send it back in `If-Match` on \
 PUT, PATCH and DELETE to avoid overwriting someone else's change (412 when it changed).",
@@ -47,6 +50,8 @@ PUT, PATCH and DELETE to avoid overwriting someone else's change (412 when it ch
         executions::logs, executions::events, executions::report, executions::cleanup,
         providers::list, providers::create, providers::get, providers::replace, providers::delete,
         providers::test, providers::hosts,
+        hooks::list, hooks::create, hooks::get, hooks::replace, hooks::delete,
+        hooks::rotate_secret, hooks::receive,
         audit::list,
     ),
     components(schemas(
@@ -70,6 +75,7 @@ PUT, PATCH and DELETE to avoid overwriting someone else's change (412 when it ch
         (name = "plans", description = "Recovery plans: versioned DAGs of steps, validated and rendered"),
         (name = "executions", description = "Drills, failovers and dry runs: start, follow, steer, report"),
         (name = "providers", description = "Recovery providers (HyperBDR, the simulator) and their protected hosts"),
+        (name = "hooks", description = "Inbound hooks: ITSM and ChatOps tools start plans and decide approvals, signed (Standard Webhooks) or with a token"),
         (name = "audit", description = "Every mutation: who, what, when"),
     ),
     modifiers(&BearerAuth, &CommonResponses),
@@ -147,6 +153,25 @@ impl Modify for BearerAuth {
                     .build(),
             ),
         );
+        components.add_security_scheme(
+            "webhook_signature",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
+                "webhook-signature",
+                "Standard Webhooks: `v1,<base64 HMAC-SHA256 of webhook-id.webhook-timestamp.body>` \
+                 with the hook's `whsec_` secret, plus the `webhook-id` and `webhook-timestamp` headers",
+            ))),
+        );
+        components.add_security_scheme(
+            "hook_token",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "A hook's token (hooks with `auth: bearer`), with an `Idempotency-Key` per delivery",
+                    ))
+                    .build(),
+            ),
+        );
     }
 }
 
@@ -204,6 +229,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 .insert_header((header::LOCATION, "/docs/"))
                 .finish()
         }))
+        .service(resource!("/hooks/{hook_id}", post => hooks::receive))
         .service(SwaggerUi::new("/docs/{_:.*}").url("/api-docs/openapi.json", ApiDoc::openapi()))
         .service(
             web::scope("/api/v1")
@@ -246,6 +272,10 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                     get => providers::get, put => providers::replace, delete => providers::delete))
                 .service(resource!("/providers/{key}/test", post => providers::test))
                 .service(resource!("/providers/{key}/hosts", get => providers::hosts))
+                .service(resource!("/hooks", get => hooks::list, post => hooks::create))
+                .service(resource!("/hooks/{key}",
+                    get => hooks::get, put => hooks::replace, delete => hooks::delete))
+                .service(resource!("/hooks/{key}/rotate-secret", post => hooks::rotate_secret))
                 .service(resource!("/audit", get => audit::list)),
         );
 }

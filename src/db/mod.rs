@@ -4,6 +4,7 @@
 pub mod audit;
 pub mod credentials;
 pub mod embedded;
+pub mod hooks;
 pub mod models;
 pub mod plans;
 pub mod providers;

@@ -238,3 +238,51 @@ pub struct RecoveryRow {
     pub deleted_at: Option<DateTime<Utc>>,
     pub cleanup_error: Option<String>,
 }
+
+/// An inbound hook (see migrations/*_hooks). The sealed secret is not selected here: only
+/// `db::hooks::open_secret` reads it.
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = super::schema::hooks, check_for_backend(diesel::pg::Pg))]
+pub struct HookRow {
+    pub id: Uuid,
+    pub name: String,
+    pub description: String,
+    pub action: String,
+    pub plan_id: Option<Uuid>,
+    pub mode: Option<String>,
+    pub auth: String,
+    pub params: Value,
+    pub failover_confirmation: String,
+    pub confirm_pointer: Option<String>,
+    pub execution_pointer: Option<String>,
+    pub comment_pointer: Option<String>,
+    pub enabled: bool,
+    pub secret_updated_at: DateTime<Utc>,
+    pub version: i32,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub created_by: String,
+    pub updated_by: String,
+}
+
+#[derive(Debug, Clone, Insertable, AsChangeset)]
+#[diesel(table_name = super::schema::hooks)]
+pub struct HookWrite {
+    pub name: String,
+    pub description: String,
+    pub action: String,
+    #[diesel(treat_none_as_null = true)]
+    pub plan_id: Option<Uuid>,
+    #[diesel(treat_none_as_null = true)]
+    pub mode: Option<String>,
+    pub auth: String,
+    pub params: Value,
+    pub failover_confirmation: String,
+    #[diesel(treat_none_as_null = true)]
+    pub confirm_pointer: Option<String>,
+    #[diesel(treat_none_as_null = true)]
+    pub execution_pointer: Option<String>,
+    #[diesel(treat_none_as_null = true)]
+    pub comment_pointer: Option<String>,
+    pub enabled: bool,
+}

@@ -202,6 +202,20 @@ pub fn delete(conn: &mut PgConnection, key: &str, if_match: &IfMatch, actor: &Ac
                 .collect(),
         });
     }
+    let hooks = super::hooks::referring_to_plan(conn, current.id)?;
+    if !hooks.is_empty() {
+        return Err(Error::Conflict {
+            detail: format!(
+                "plan `{}` is started by {} inbound hook(s); delete them or point them at another plan first",
+                current.name,
+                hooks.len()
+            ),
+            referrers: hooks
+                .into_iter()
+                .map(|(id, name)| crate::error::Referrer { kind: "hook".into(), id, name })
+                .collect(),
+        });
+    }
     diesel::delete(plans::table.find(current.id)).execute(conn)?;
     audit::record(
         conn,

@@ -67,6 +67,44 @@ diesel::table! {
 }
 
 diesel::table! {
+    hook_deliveries (hook_id, delivery_id) {
+        hook_id -> Uuid,
+        delivery_id -> Text,
+        body_sha256 -> Bytea,
+        execution_id -> Nullable<Uuid>,
+        response -> Jsonb,
+        received_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    hooks (id) {
+        id -> Uuid,
+        name -> Text,
+        description -> Text,
+        action -> Text,
+        plan_id -> Nullable<Uuid>,
+        mode -> Nullable<Text>,
+        auth -> Text,
+        params -> Jsonb,
+        failover_confirmation -> Text,
+        confirm_pointer -> Nullable<Text>,
+        execution_pointer -> Nullable<Text>,
+        comment_pointer -> Nullable<Text>,
+        enabled -> Bool,
+        secret_ciphertext -> Bytea,
+        secret_nonce -> Bytea,
+        key_id -> Text,
+        secret_updated_at -> Timestamptz,
+        version -> Int4,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+        created_by -> Text,
+        updated_by -> Text,
+    }
+}
+
+diesel::table! {
     plan_step_refs (plan_id, step_id) {
         plan_id -> Uuid,
         step_id -> Uuid,
@@ -220,6 +258,9 @@ diesel::table! {
 diesel::joinable!(execution_events -> executions (execution_id));
 diesel::joinable!(step_logs -> executions (execution_id));
 diesel::joinable!(step_runs -> executions (execution_id));
+diesel::joinable!(hook_deliveries -> executions (execution_id));
+diesel::joinable!(hook_deliveries -> hooks (hook_id));
+diesel::joinable!(hooks -> plans (plan_id));
 diesel::joinable!(plan_step_refs -> plans (plan_id));
 diesel::joinable!(plan_step_refs -> steps (step_id));
 diesel::joinable!(plan_versions -> plans (plan_id));
@@ -233,6 +274,8 @@ diesel::allow_tables_to_appear_in_same_query!(
     credentials,
     execution_events,
     executions,
+    hook_deliveries,
+    hooks,
     plan_step_refs,
     plan_versions,
     plans,

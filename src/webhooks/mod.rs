@@ -2,4 +2,5 @@
 //! approvals; subscriptions receive every event of a run. Both sign with the Standard Webhooks
 //! scheme ([`signature`]).
 
+pub mod inbound;
 pub mod signature;

@@ -10,6 +10,7 @@ mod engine;
 mod errors;
 mod examples;
 mod health;
+mod hooks;
 mod openapi;
 mod plans;
 mod providers;
