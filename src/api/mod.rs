@@ -11,6 +11,7 @@ pub mod providers;
 pub mod readiness;
 pub mod resources;
 pub mod steps;
+pub mod webhooks;
 
 use actix_web::http::header;
 use actix_web::{web, HttpResponse};
@@ -47,6 +48,8 @@ PUT, PATCH and DELETE to avoid overwriting someone else's change (412 when it ch
         executions::logs, executions::events, executions::report, executions::cleanup,
         providers::list, providers::create, providers::get, providers::replace, providers::delete,
         providers::test, providers::hosts,
+        webhooks::list, webhooks::create, webhooks::get, webhooks::replace, webhooks::patch,
+        webhooks::delete, webhooks::rotate_secret, webhooks::deliveries, webhooks::redeliver,
         audit::list,
     ),
     components(schemas(
@@ -70,6 +73,7 @@ PUT, PATCH and DELETE to avoid overwriting someone else's change (412 when it ch
         (name = "plans", description = "Recovery plans: versioned DAGs of steps, validated and rendered"),
         (name = "executions", description = "Drills, failovers and dry runs: start, follow, steer, report"),
         (name = "providers", description = "Recovery providers (HyperBDR, the simulator) and their protected hosts"),
+        (name = "webhooks", description = "Outbound webhooks: signed deliveries of execution events, retried, with every attempt recorded"),
         (name = "audit", description = "Every mutation: who, what, when"),
     ),
     modifiers(&BearerAuth, &CommonResponses),
@@ -246,6 +250,13 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                     get => providers::get, put => providers::replace, delete => providers::delete))
                 .service(resource!("/providers/{key}/test", post => providers::test))
                 .service(resource!("/providers/{key}/hosts", get => providers::hosts))
+                .service(resource!("/webhooks", get => webhooks::list, post => webhooks::create))
+                .service(resource!("/webhooks/{key}",
+                    get => webhooks::get, put => webhooks::replace,
+                    patch => webhooks::patch, delete => webhooks::delete))
+                .service(resource!("/webhooks/{key}/rotate-secret", post => webhooks::rotate_secret))
+                .service(resource!("/webhooks/{key}/deliveries", get => webhooks::deliveries))
+                .service(resource!("/webhooks/{key}/deliveries/{id}/redeliver", post => webhooks::redeliver))
                 .service(resource!("/audit", get => audit::list)),
         );
 }

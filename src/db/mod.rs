@@ -10,6 +10,7 @@ pub mod providers;
 pub mod resources;
 pub mod schema;
 pub mod steps;
+pub mod webhooks;
 
 use std::time::Duration;
 

@@ -3,3 +3,5 @@
 //! scheme ([`signature`]).
 
 pub mod signature;
+pub mod dispatcher;
+pub mod outbound;
