@@ -14,7 +14,9 @@ use super::pagination::{self, SortByName};
 use crate::auth::{Admin, Operator, Viewer};
 use crate::crypto::MasterKey;
 use crate::db::audit::Actor;
-use crate::db::webhooks::{self as store, AttemptRow, DeliveryRow, SubscriptionRow, SubscriptionWrite};
+use crate::db::webhooks::{
+    self as store, AttemptRow, DeliveryRow, SubscriptionRow, SubscriptionWrite,
+};
 use crate::db::Db;
 use crate::error::{Error, Problem, Result};
 use crate::http::{etag, parse_json, IfMatch, JsonBody, Query};
@@ -268,7 +270,10 @@ fn validated(conn: &mut diesel::PgConnection, input: WebhookInput) -> Result<Sub
 }
 
 /// A row and its plan's name, read in the same connection.
-fn with_plan(conn: &mut diesel::PgConnection, row: SubscriptionRow) -> Result<(SubscriptionRow, Option<String>)> {
+fn with_plan(
+    conn: &mut diesel::PgConnection,
+    row: SubscriptionRow,
+) -> Result<(SubscriptionRow, Option<String>)> {
     let plan = match row.plan_id {
         Some(id) => store::plan_names(conn, &[id])?.remove(&id),
         None => None,
@@ -276,7 +281,10 @@ fn with_plan(conn: &mut diesel::PgConnection, row: SubscriptionRow) -> Result<(S
     Ok((row, plan))
 }
 
-fn respond(mut builder: actix_web::HttpResponseBuilder, (row, plan): (SubscriptionRow, Option<String>)) -> HttpResponse {
+fn respond(
+    mut builder: actix_web::HttpResponseBuilder,
+    (row, plan): (SubscriptionRow, Option<String>),
+) -> HttpResponse {
     builder
         .insert_header((header::ETAG, etag(row.version)))
         .json(view(row, plan))
@@ -291,7 +299,11 @@ fn respond(mut builder: actix_web::HttpResponseBuilder, (row, plan): (Subscripti
         (status = 401, description = "No valid bearer token", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = [])))]
-pub async fn list(_: Viewer, db: web::Data<Db>, Query(q): Query<WebhookListQuery>) -> Result<HttpResponse> {
+pub async fn list(
+    _: Viewer,
+    db: web::Data<Db>,
+    Query(q): Query<WebhookListQuery>,
+) -> Result<HttpResponse> {
     let limit = pagination::limit(q.limit)?;
     let page = pagination::name_page(q.sort, q.cursor.as_deref(), limit)?;
     let (rows, total, names) = db
@@ -302,7 +314,8 @@ pub async fn list(_: Viewer, db: web::Data<Db>, Query(q): Query<WebhookListQuery
             Ok((rows, total, names))
         })
         .await?;
-    let next_cursor = pagination::next_cursor(rows.len(), limit, rows.last().map(|r| r.name.as_str()));
+    let next_cursor =
+        pagination::next_cursor(rows.len(), limit, rows.last().map(|r| r.name.as_str()));
     let items = rows
         .into_iter()
         .map(|r| {
@@ -310,7 +323,11 @@ pub async fn list(_: Viewer, db: web::Data<Db>, Query(q): Query<WebhookListQuery
             view(r, plan)
         })
         .collect();
-    Ok(HttpResponse::Ok().json(WebhookList { items, total, next_cursor }))
+    Ok(HttpResponse::Ok().json(WebhookList {
+        items,
+        total,
+        next_cursor,
+    }))
 }
 
 /// Subscribe a URL to execution events. The answer holds the signing secret, this once.
@@ -400,7 +417,9 @@ pub async fn replace(
     let actor = Actor::from_user(&user);
     let row = db
         .transaction(move |conn| {
-            let row = store::update(conn, &key, &if_match, &actor, |conn, _| validated(conn, input))?;
+            let row = store::update(conn, &key, &if_match, &actor, |conn, _| {
+                validated(conn, input)
+            })?;
             with_plan(conn, row)
         })
         .await?;

@@ -84,7 +84,10 @@ pub struct AttemptRow {
 
 super::lookup_by_key!(webhook_subscriptions, SubscriptionRow, "webhook");
 
-pub fn list(conn: &mut PgConnection, page: &super::NamePage) -> Result<(Vec<SubscriptionRow>, i64)> {
+pub fn list(
+    conn: &mut PgConnection,
+    page: &super::NamePage,
+) -> Result<(Vec<SubscriptionRow>, i64)> {
     let build = || webhook_subscriptions::table.into_boxed();
     super::page_by_name!(conn, build, webhook_subscriptions, SubscriptionRow, page)
 }
@@ -92,7 +95,11 @@ pub fn list(conn: &mut PgConnection, page: &super::NamePage) -> Result<(Vec<Subs
 /// The id of the plan a filter names; a missing plan is a validation error on `plan`.
 pub fn plan_id(conn: &mut PgConnection, name: &str) -> Result<Uuid> {
     let found = match super::Key::parse("plan", name) {
-        Ok(super::Key::Id(id)) => plans::table.find(id).select(plans::id).first(conn).optional()?,
+        Ok(super::Key::Id(id)) => plans::table
+            .find(id)
+            .select(plans::id)
+            .first(conn)
+            .optional()?,
         Ok(super::Key::Name(n)) => plans::table
             .filter(plans::name.eq(n))
             .select(plans::id)
@@ -235,12 +242,22 @@ pub fn delete(conn: &mut PgConnection, key: &str, if_match: &IfMatch, actor: &Ac
     audit::record(
         conn,
         actor,
-        AuditEntry::new("delete", "webhook", current.id, &current.name, json!({"url": current.url})),
+        AuditEntry::new(
+            "delete",
+            "webhook",
+            current.id,
+            &current.name,
+            json!({"url": current.url}),
+        ),
     )
 }
 
 /// The plaintext `whsec_...` secret of a subscription, for signing.
-pub fn open_secret(conn: &mut PgConnection, id: Uuid, key: &MasterKey) -> Result<Zeroizing<Vec<u8>>> {
+pub fn open_secret(
+    conn: &mut PgConnection,
+    id: Uuid,
+    key: &MasterKey,
+) -> Result<Zeroizing<Vec<u8>>> {
     let (ciphertext, nonce, key_id): (Vec<u8>, Vec<u8>, String) = webhook_subscriptions::table
         .find(id)
         .select((
@@ -292,7 +309,10 @@ pub fn deliveries(
     let mut attempts: HashMap<Uuid, Vec<AttemptRow>> = HashMap::new();
     for a in webhook_delivery_attempts::table
         .filter(webhook_delivery_attempts::delivery_id.eq_any(&ids))
-        .order((webhook_delivery_attempts::delivery_id, webhook_delivery_attempts::attempt))
+        .order((
+            webhook_delivery_attempts::delivery_id,
+            webhook_delivery_attempts::attempt,
+        ))
         .select(AttemptRow::as_select())
         .load(conn)?
     {
@@ -391,7 +411,12 @@ pub struct Claimed {
 /// Claims up to `limit` due deliveries for `owner` until the lease ends: only the earliest
 /// pending event of each execution for each subscription (order), only of active
 /// subscriptions, never one another instance holds (`SKIP LOCKED`, unexpired lease).
-pub fn claim(conn: &mut PgConnection, owner: &str, lease_secs: i32, limit: i32) -> Result<Vec<Claimed>> {
+pub fn claim(
+    conn: &mut PgConnection,
+    owner: &str,
+    lease_secs: i32,
+    limit: i32,
+) -> Result<Vec<Claimed>> {
     Ok(diesel::sql_query(
         "WITH picked AS (
              SELECT d.id FROM webhook_deliveries d
@@ -478,7 +503,12 @@ pub fn record(
 }
 
 /// Gives a claim back without a try (the secret could not be opened, say): due again later.
-pub fn release(conn: &mut PgConnection, c: &Claimed, owner: &str, retry_in: Duration) -> Result<()> {
+pub fn release(
+    conn: &mut PgConnection,
+    c: &Claimed,
+    owner: &str,
+    retry_in: Duration,
+) -> Result<()> {
     diesel::sql_query(
         "UPDATE webhook_deliveries SET attempts = attempts - 1, tries = tries - 1,
              lease_owner = NULL, lease_expires_at = NULL,

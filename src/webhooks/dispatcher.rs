@@ -61,12 +61,19 @@ pub struct Dispatcher {
 }
 
 impl Dispatcher {
-    pub fn new(db: Db, master_key: Arc<MasterKey>, config: DispatcherConfig) -> Result<Arc<Self>, String> {
+    pub fn new(
+        db: Db,
+        master_key: Arc<MasterKey>,
+        config: DispatcherConfig,
+    ) -> Result<Arc<Self>, String> {
         let client = reqwest::Client::builder()
             .connect_timeout(config.connect_timeout)
             .timeout(config.timeout)
             .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("dr-orchestrator-webhooks/", env!("CARGO_PKG_VERSION")))
+            .user_agent(concat!(
+                "dr-orchestrator-webhooks/",
+                env!("CARGO_PKG_VERSION")
+            ))
             .build()
             .map_err(|e| format!("cannot build the webhook HTTP client: {e}"))?;
         Ok(Arc::new(Self {
@@ -74,7 +81,11 @@ impl Dispatcher {
             master_key,
             client,
             config,
-            owner: format!("webhooks:{}:{}", std::process::id(), &uuid::Uuid::new_v4().simple().to_string()[..8]),
+            owner: format!(
+                "webhooks:{}:{}",
+                std::process::id(),
+                &uuid::Uuid::new_v4().simple().to_string()[..8]
+            ),
             wake: Notify::new(),
         }))
     }
@@ -131,7 +142,10 @@ impl Dispatcher {
     async fn deliver(&self, c: Claimed) {
         let key = self.master_key.clone();
         let sub = c.subscription_id;
-        let secret = self.db.run(move |conn| store::open_secret(conn, sub, &key)).await;
+        let secret = self
+            .db
+            .run(move |conn| store::open_secret(conn, sub, &key))
+            .await;
         let secret = match secret.map(|s| Secret::parse(&String::from_utf8_lossy(&s))) {
             Ok(Ok(secret)) => secret,
             other => {
@@ -189,7 +203,13 @@ impl Dispatcher {
         }
     }
 
-    async fn send(&self, url: &str, id: &str, secret: &Secret, payload: &serde_json::Value) -> Attempt {
+    async fn send(
+        &self,
+        url: &str,
+        id: &str,
+        secret: &Secret,
+        payload: &serde_json::Value,
+    ) -> Attempt {
         let body = serde_json::to_vec(payload).expect("a JSON value serializes");
         let timestamp = chrono::Utc::now().timestamp();
         let started = Instant::now();
@@ -199,7 +219,10 @@ impl Dispatcher {
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .header(signature::ID_HEADER, id)
             .header(signature::TIMESTAMP_HEADER, timestamp.to_string())
-            .header(signature::SIGNATURE_HEADER, secret.sign(id, timestamp, &body))
+            .header(
+                signature::SIGNATURE_HEADER,
+                secret.sign(id, timestamp, &body),
+            )
             .body(body)
             .send()
             .await;

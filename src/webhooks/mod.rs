@@ -2,6 +2,6 @@
 //! approvals; subscriptions receive every event of a run. Both sign with the Standard Webhooks
 //! scheme ([`signature`]).
 
-pub mod signature;
 pub mod dispatcher;
 pub mod outbound;
+pub mod signature;

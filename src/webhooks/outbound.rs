@@ -62,7 +62,17 @@ pub fn after_failure(schedule: &[Duration], tries: i32) -> AfterFailure {
 }
 
 /// The body format of a subscription.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    serde::Serialize,
+    serde::Deserialize,
+    utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Format {
     /// Our JSON event (see the README's "Webhooks out").
@@ -91,7 +101,12 @@ impl Format {
 
 /// Checks a subscription's own fields (the plan is resolved against the database); returns
 /// the event filter deduplicated, in the order given.
-pub fn validate(name: &str, description: &str, url: &str, events: &[String]) -> Result<Vec<String>> {
+pub fn validate(
+    name: &str,
+    description: &str,
+    url: &str,
+    events: &[String],
+) -> Result<Vec<String>> {
     let mut v = Violations::default();
     check_name(&mut v, "name", name);
     check_text(&mut v, "description", description, 2000);
@@ -348,30 +363,55 @@ mod tests {
     fn execution_events_say_their_own_status() {
         let f = facts("execution.succeeded", None, json!({"reason": null}));
         assert_eq!(summary(&f), "Drill of wordpress_failover succeeded");
-        assert_eq!(standard_body(&f, "http://x")["data"]["execution"]["status"], "succeeded");
-        let f = facts("execution.failed", None, json!({"reason": "step `a` failed"}));
-        assert_eq!(summary(&f), "Drill of wordpress_failover failed: step `a` failed");
+        assert_eq!(
+            standard_body(&f, "http://x")["data"]["execution"]["status"],
+            "succeeded"
+        );
+        let f = facts(
+            "execution.failed",
+            None,
+            json!({"reason": "step `a` failed"}),
+        );
+        assert_eq!(
+            summary(&f),
+            "Drill of wordpress_failover failed: step `a` failed"
+        );
     }
 
     #[test]
     fn slack_messages_escape_and_link() {
         let f = facts("step.failed", Some("a"), json!({"error": "<b> & c"}));
         let b = slack_body(&f, "http://x");
-        assert_eq!(b["text"], "Drill of wordpress_failover: step a failed: <b> & c");
+        assert_eq!(
+            b["text"],
+            "Drill of wordpress_failover: step a failed: <b> & c"
+        );
         let section = b["blocks"][0]["text"]["text"].as_str().unwrap();
         assert!(section.contains("&lt;b&gt; &amp; c"), "{section}");
         let context = b["blocks"][1]["elements"][0]["text"].as_str().unwrap();
-        assert!(context.contains("<http://x/api/v1/executions/"), "{context}");
+        assert!(
+            context.contains("<http://x/api/v1/executions/"),
+            "{context}"
+        );
     }
 
     #[test]
     fn unknown_event_types_and_bad_urls_are_named() {
-        let err = validate("ops", "", "ftp://x", &["step.failed".into(), "nope".into()]).unwrap_err();
-        let Error::Validation(errors) = err else { panic!() };
+        let err =
+            validate("ops", "", "ftp://x", &["step.failed".into(), "nope".into()]).unwrap_err();
+        let Error::Validation(errors) = err else {
+            panic!()
+        };
         let fields: Vec<_> = errors.iter().map(|e| e.field.as_str()).collect();
         assert_eq!(fields, ["url", "events[1]"]);
         assert_eq!(
-            validate("ops", "", "https://x.example/h", &["step.failed".into(), "step.failed".into()]).unwrap(),
+            validate(
+                "ops",
+                "",
+                "https://x.example/h",
+                &["step.failed".into(), "step.failed".into()]
+            )
+            .unwrap(),
             ["step.failed"]
         );
         assert!(validate("ops", "", "https://u:p@x.example/h", &[]).is_err());
@@ -379,8 +419,14 @@ mod tests {
 
     #[test]
     fn the_schedule_ends_in_dead() {
-        assert_eq!(after_failure(&RETRY_SCHEDULE, 1), AfterFailure::RetryIn(Duration::from_secs(5)));
-        assert_eq!(after_failure(&RETRY_SCHEDULE, 9), AfterFailure::RetryIn(Duration::from_secs(8 * 3600)));
+        assert_eq!(
+            after_failure(&RETRY_SCHEDULE, 1),
+            AfterFailure::RetryIn(Duration::from_secs(5))
+        );
+        assert_eq!(
+            after_failure(&RETRY_SCHEDULE, 9),
+            AfterFailure::RetryIn(Duration::from_secs(8 * 3600))
+        );
         assert_eq!(after_failure(&RETRY_SCHEDULE, 10), AfterFailure::Dead);
         assert_eq!(after_failure(&[], 1), AfterFailure::Dead);
     }

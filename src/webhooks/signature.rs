@@ -102,7 +102,9 @@ impl Secret {
         if any {
             Err(VerifyError::Mismatch)
         } else {
-            Err(VerifyError::Malformed("webhook-signature holds no v1 signature"))
+            Err(VerifyError::Malformed(
+                "webhook-signature holds no v1 signature",
+            ))
         }
     }
 }
@@ -147,7 +149,14 @@ mod tests {
     fn refuses_stale_timestamps_changed_bodies_and_other_keys() {
         let s = Secret::parse(SPEC_SECRET).unwrap();
         assert!(matches!(
-            s.verify(SPEC_ID, "1614265330", SPEC_SIGNATURE, SPEC_BODY, SPEC_TS + 301, 300),
+            s.verify(
+                SPEC_ID,
+                "1614265330",
+                SPEC_SIGNATURE,
+                SPEC_BODY,
+                SPEC_TS + 301,
+                300
+            ),
             Err(VerifyError::Stale { skew: 301 })
         ));
         assert_eq!(
@@ -156,7 +165,14 @@ mod tests {
         );
         let (other, _) = Secret::generate();
         assert_eq!(
-            other.verify(SPEC_ID, "1614265330", SPEC_SIGNATURE, SPEC_BODY, SPEC_TS, 300),
+            other.verify(
+                SPEC_ID,
+                "1614265330",
+                SPEC_SIGNATURE,
+                SPEC_BODY,
+                SPEC_TS,
+                300
+            ),
             Err(VerifyError::Mismatch)
         );
         assert!(matches!(

@@ -20,3 +20,4 @@ mod runners;
 mod scenarios;
 mod ssh;
 mod sshd;
+mod webhooks_out;
