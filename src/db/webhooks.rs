@@ -278,6 +278,9 @@ pub fn open_secret(
         .map_err(|e| Error::internal(format!("webhook {id}: {e}")))
 }
 
+/// A delivery and its attempts, in order.
+pub type DeliveryWithAttempts = (DeliveryRow, Vec<AttemptRow>);
+
 /// A page of a subscription's deliveries, newest event first, each with its attempts.
 pub fn deliveries(
     conn: &mut PgConnection,
@@ -285,7 +288,7 @@ pub fn deliveries(
     status: Option<&str>,
     before_event: Option<i64>,
     limit: i64,
-) -> Result<(Vec<(DeliveryRow, Vec<AttemptRow>)>, i64)> {
+) -> Result<(Vec<DeliveryWithAttempts>, i64)> {
     let build = || {
         let mut q = webhook_deliveries::table
             .filter(webhook_deliveries::subscription_id.eq(subscription))
@@ -335,7 +338,7 @@ pub fn redeliver(
     subscription_key: &str,
     delivery: Uuid,
     actor: &Actor,
-) -> Result<(DeliveryRow, Vec<AttemptRow>)> {
+) -> Result<DeliveryWithAttempts> {
     let sub = find(conn, subscription_key)?;
     let row: DeliveryRow = diesel::update(
         webhook_deliveries::table
