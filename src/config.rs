@@ -40,6 +40,9 @@ pub struct Config {
     pub log_filter: String,
     /// `DRO_LOG_FORMAT`: `text` or `json`.
     pub log_format: LogFormat,
+    /// `DRO_PUBLIC_URL`: the base URL clients reach the service at (links in webhook bodies);
+    /// default `http://<DRO_BIND>`. Without a trailing slash.
+    pub public_url: String,
 }
 
 impl std::fmt::Debug for Config {
@@ -59,6 +62,7 @@ impl std::fmt::Debug for Config {
             .field("lease_secs", &self.lease_secs)
             .field("log_filter", &self.log_filter)
             .field("log_format", &self.log_format)
+            .field("public_url", &self.public_url)
             .finish()
     }
 }
@@ -80,13 +84,18 @@ impl Config {
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let get = |key: &str| lookup(key).filter(|v| !v.trim().is_empty());
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let bind: SocketAddr = parse(
+            &get,
+            "DRO_BIND",
+            "127.0.0.1:8080".parse().expect("literal address"),
+        )?;
+        let public_url = match get("DRO_PUBLIC_URL") {
+            None => format!("http://{bind}"),
+            Some(raw) => public_url(&raw)?,
+        };
         Ok(Self {
             database_url: get("DATABASE_URL"),
-            bind: parse(
-                &get,
-                "DRO_BIND",
-                "127.0.0.1:8080".parse().expect("literal address"),
-            )?,
+            bind,
             jwt_secret: get("DRO_JWT_SECRET"),
             master_key: get("DRO_MASTER_KEY"),
             data_dir: get("DRO_DATA_DIR").map_or_else(|| PathBuf::from("data"), PathBuf::from),
@@ -107,6 +116,7 @@ impl Config {
                     })
                 }
             },
+            public_url,
         })
         .and_then(Self::checked)
     }
@@ -137,6 +147,22 @@ impl Config {
     pub fn embedded_database(&self) -> bool {
         self.database_url.is_none()
     }
+}
+
+/// An absolute http(s) base URL, kept without its trailing slash.
+fn public_url(raw: &str) -> Result<String, ConfigError> {
+    let error = |message: &str| ConfigError {
+        var: "DRO_PUBLIC_URL",
+        message: format!("`{raw}` {message}"),
+    };
+    let parsed = url::Url::parse(raw.trim()).map_err(|e| error(&format!("is not a URL: {e}")))?;
+    if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
+        return Err(error("must be an http:// or https:// URL with a host"));
+    }
+    if parsed.query().is_some() || parsed.fragment().is_some() {
+        return Err(error("must not have a query or fragment"));
+    }
+    Ok(parsed.as_str().trim_end_matches('/').to_owned())
 }
 
 fn parse<T: std::str::FromStr>(
@@ -176,6 +202,17 @@ mod tests {
         assert!(c.embedded_database());
         assert_eq!(c.db_pool_size, 16);
         assert_eq!(c.log_format, LogFormat::Text);
+        assert_eq!(c.public_url, "http://127.0.0.1:8080");
+    }
+
+    #[test]
+    fn the_public_url_follows_the_bind_address_or_is_checked() {
+        let c = config(&[("DRO_BIND", "0.0.0.0:9000")]).unwrap();
+        assert_eq!(c.public_url, "http://0.0.0.0:9000");
+        let c = config(&[("DRO_PUBLIC_URL", "https://dro.example.com/")]).unwrap();
+        assert_eq!(c.public_url, "https://dro.example.com");
+        let err = config(&[("DRO_PUBLIC_URL", "dro.example.com")]).unwrap_err();
+        assert_eq!(err.var, "DRO_PUBLIC_URL");
     }
 
     #[test]

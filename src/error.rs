@@ -261,6 +261,7 @@ fn unique_violation_detail(constraint: Option<&str>, details: Option<&str>) -> S
         Some("steps_name_key") => "step",
         Some("plans_name_key") => "plan",
         Some("hooks_name_key") => "hook",
+        Some("webhook_subscriptions_name_key") => "webhook",
         _ => return "an object with the same unique key already exists".to_owned(),
     };
     let name = details

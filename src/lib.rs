@@ -269,7 +269,7 @@ pub fn serve(config: &Config) -> Result<(), String> {
     result
 }
 
-/// Starts this instance's executor pool (none with `DRO_WORKERS=0`).
+/// Starts this instance's executor pool and webhook dispatcher (none with `DRO_WORKERS=0`).
 fn start_engine(
     state: &AppState,
     config: &Config,
@@ -288,8 +288,18 @@ fn start_engine(
             ..engine::EngineConfig::default()
         },
     );
-    let tasks = engine.start();
+    let mut tasks = engine.start();
     tracing::info!(workers = config.workers, owner = %engine.owner, "executor pool started");
+    // Webhook deliveries go out from every instance that runs steps, on their own tasks.
+    let dispatcher = webhooks::dispatcher::Dispatcher::new(
+        state.db.clone(),
+        state.master_key.clone(),
+        webhooks::dispatcher::DispatcherConfig::new(config.public_url.clone()),
+    );
+    match dispatcher {
+        Ok(d) => tasks.push(d.start()),
+        Err(e) => tracing::error!(error = %e, "webhook deliveries will not be sent"),
+    }
     Some((engine, tasks))
 }
 

@@ -12,6 +12,7 @@ pub mod providers;
 pub mod readiness;
 pub mod resources;
 pub mod steps;
+pub mod webhooks;
 
 use actix_web::http::header;
 use actix_web::{web, HttpResponse};
@@ -52,6 +53,8 @@ PUT, PATCH and DELETE to avoid overwriting someone else's change (412 when it ch
         providers::test, providers::hosts,
         hooks::list, hooks::create, hooks::get, hooks::replace, hooks::delete,
         hooks::rotate_secret, hooks::receive,
+        webhooks::list, webhooks::create, webhooks::get, webhooks::replace, webhooks::patch,
+        webhooks::delete, webhooks::rotate_secret, webhooks::deliveries, webhooks::redeliver,
         audit::list,
     ),
     components(schemas(
@@ -76,6 +79,7 @@ PUT, PATCH and DELETE to avoid overwriting someone else's change (412 when it ch
         (name = "executions", description = "Drills, failovers and dry runs: start, follow, steer, report"),
         (name = "providers", description = "Recovery providers (HyperBDR, the simulator) and their protected hosts"),
         (name = "hooks", description = "Inbound hooks: ITSM and ChatOps tools start plans and decide approvals, signed (Standard Webhooks) or with a token"),
+        (name = "webhooks", description = "Outbound webhooks: signed deliveries of execution events, retried, with every attempt recorded"),
         (name = "audit", description = "Every mutation: who, what, when"),
     ),
     modifiers(&BearerAuth, &CommonResponses),
@@ -276,6 +280,13 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 .service(resource!("/hooks/{key}",
                     get => hooks::get, put => hooks::replace, delete => hooks::delete))
                 .service(resource!("/hooks/{key}/rotate-secret", post => hooks::rotate_secret))
+                .service(resource!("/webhooks", get => webhooks::list, post => webhooks::create))
+                .service(resource!("/webhooks/{key}",
+                    get => webhooks::get, put => webhooks::replace,
+                    patch => webhooks::patch, delete => webhooks::delete))
+                .service(resource!("/webhooks/{key}/rotate-secret", post => webhooks::rotate_secret))
+                .service(resource!("/webhooks/{key}/deliveries", get => webhooks::deliveries))
+                .service(resource!("/webhooks/{key}/deliveries/{id}/redeliver", post => webhooks::redeliver))
                 .service(resource!("/audit", get => audit::list)),
         );
 }

@@ -11,6 +11,7 @@ pub mod providers;
 pub mod resources;
 pub mod schema;
 pub mod steps;
+pub mod webhooks;
 
 use std::time::Duration;
 

@@ -288,3 +288,67 @@ diesel::allow_tables_to_appear_in_same_query!(
     step_runs,
     steps,
 );
+
+diesel::table! {
+    webhook_subscriptions (id) {
+        id -> Uuid,
+        name -> Text,
+        description -> Text,
+        url -> Text,
+        events -> Array<Text>,
+        plan_id -> Nullable<Uuid>,
+        format -> Text,
+        active -> Bool,
+        secret_ciphertext -> Bytea,
+        secret_nonce -> Bytea,
+        key_id -> Text,
+        secret_updated_at -> Timestamptz,
+        version -> Int4,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+        created_by -> Text,
+        updated_by -> Text,
+    }
+}
+
+diesel::table! {
+    webhook_deliveries (id) {
+        id -> Uuid,
+        subscription_id -> Uuid,
+        event_id -> Int8,
+        execution_id -> Uuid,
+        event_type -> Text,
+        status -> Text,
+        attempts -> Int4,
+        tries -> Int4,
+        next_attempt_at -> Timestamptz,
+        lease_owner -> Nullable<Text>,
+        lease_expires_at -> Nullable<Timestamptz>,
+        payload -> Nullable<Jsonb>,
+        created_at -> Timestamptz,
+        delivered_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
+    webhook_delivery_attempts (delivery_id, attempt) {
+        delivery_id -> Uuid,
+        attempt -> Int4,
+        at -> Timestamptz,
+        status_code -> Nullable<Int4>,
+        error -> Nullable<Text>,
+        latency_ms -> Int4,
+        response_excerpt -> Nullable<Text>,
+    }
+}
+
+diesel::joinable!(webhook_deliveries -> webhook_subscriptions (subscription_id));
+diesel::joinable!(webhook_delivery_attempts -> webhook_deliveries (delivery_id));
+diesel::joinable!(webhook_subscriptions -> plans (plan_id));
+
+diesel::allow_tables_to_appear_in_same_query!(
+    webhook_subscriptions,
+    webhook_deliveries,
+    webhook_delivery_attempts,
+    plans,
+);

@@ -2,5 +2,7 @@
 //! approvals; subscriptions receive every event of a run. Both sign with the Standard Webhooks
 //! scheme ([`signature`]).
 
+pub mod dispatcher;
 pub mod inbound;
+pub mod outbound;
 pub mod signature;

@@ -21,3 +21,4 @@ mod runners;
 mod scenarios;
 mod ssh;
 mod sshd;
+mod webhooks_out;
