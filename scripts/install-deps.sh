@@ -13,6 +13,9 @@ for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
 
+# python3 runs the Postman run's webhook receiver (scripts/webhook-sink.py); any python3 will do.
+command -v python3 >/dev/null || missing+=(python3)
+
 if ((${#missing[@]})); then
   echo "install-deps: installing ${missing[*]}"
   sudo=""

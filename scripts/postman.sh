@@ -5,6 +5,8 @@
 #   bash scripts/postman.sh [extra newman arguments, e.g. --verbose]
 #
 # - newman is installed from the npm registry into target/newman when missing.
+# - Beside the service it starts the recovery provider simulator (`dr-orchestrator simulator`,
+#   postman/simulator-hosts.yaml) and a webhook receiver (scripts/webhook-sink.py, python3).
 # - The debug binary is built (cargo build --locked).
 # - Database: a new, uniquely named database on the PostgreSQL at 127.0.0.1:5432 (user
 #   postgres, trust auth), dropped at exit; when no server answers there, the service's
@@ -37,6 +39,7 @@ log() { echo "postman.sh: $*" >&2; }
 WORK=""
 SERVICE_PID=""
 SIM_PID=""
+SINK_PID=""
 DB_NAME=""
 
 stop_service() {
@@ -66,10 +69,11 @@ cleanup() {
   local status=$?
   set +e
   stop_service
-  if [ -n "$SIM_PID" ]; then
-    kill "$SIM_PID" 2>/dev/null
-    wait "$SIM_PID" 2>/dev/null
-  fi
+  for pid in "$SIM_PID" "$SINK_PID"; do
+    [ -n "$pid" ] || continue
+    kill "$pid" 2>/dev/null
+    wait "$pid" 2>/dev/null
+  done
   if [ -n "$DB_NAME" ]; then
     psql -h "$PG_HOST" -p "$PG_PORT" -U "$PG_USER" -d postgres -qAt -v ON_ERROR_STOP=1 \
       -c "DROP DATABASE IF EXISTS \"$DB_NAME\" WITH (FORCE)" >/dev/null 2>&1 \
@@ -152,6 +156,16 @@ for _ in $(seq 1 50); do
 done
 [ -n "$SIM_PORT" ] || { log "found no free port for the simulator"; exit 1; }
 SIM_URL="http://127.0.0.1:$SIM_PORT"
+SINK_PORT=""
+for _ in $(seq 1 50); do
+  candidate=$((20000 + RANDOM % 40000))
+  if [ "$candidate" != "$PORT" ] && [ "$candidate" != "$SIM_PORT" ] && ! port_in_use "$candidate"; then
+    SINK_PORT=$candidate
+    break
+  fi
+done
+[ -n "$SINK_PORT" ] || { log "found no free port for the webhook receiver"; exit 1; }
+SINK_URL="http://127.0.0.1:$SINK_PORT"
 export DRO_BIND="127.0.0.1:$PORT"
 export DRO_LOG="${DRO_LOG:-info}"
 export DRO_WORKERS="${DRO_WORKERS:-8}"
@@ -165,6 +179,11 @@ log "starting the simulator on $SIM_URL"
 "$BIN" simulator --bind "127.0.0.1:$SIM_PORT" --hosts "$ROOT/postman/simulator-hosts.yaml" \
   >"$WORK/simulator.log" 2>&1 &
 SIM_PID=$!
+
+# --- a webhook receiver (the Webhooks folder subscribes it and reads back what it got) ------
+log "starting the webhook receiver on $SINK_URL"
+python3 "$ROOT/scripts/webhook-sink.py" 127.0.0.1 "$SINK_PORT" >"$WORK/sink.log" 2>&1 &
+SINK_PID=$!
 
 # --- start the service and wait until it is ready ------------------------------------------
 log "starting the service on $BASE_URL (log: $SERVICE_LOG)"
@@ -186,6 +205,11 @@ until curl -fsS --max-time 2 "$BASE_URL/readyz" >/dev/null 2>&1; do
   sleep 0.25
 done
 log "the service is ready"
+until curl -s --max-time 2 -o /dev/null "$SINK_URL/received"; do
+  kill -0 "$SINK_PID" 2>/dev/null || { log "the webhook receiver exited; its log:"; cat "$WORK/sink.log" >&2; exit 1; }
+  ((SECONDS < deadline)) || { log "the webhook receiver did not answer"; exit 1; }
+  sleep 0.25
+done
 until curl -s --max-time 2 -o /dev/null "$SIM_URL/simulator/calls"; do
   kill -0 "$SIM_PID" 2>/dev/null || { log "the simulator exited; its log:"; cat "$WORK/simulator.log" >&2; exit 1; }
   ((SECONDS < deadline)) || { log "the simulator did not answer"; exit 1; }
@@ -205,6 +229,7 @@ set +e
   --env-var "token=$ADMIN_TOKEN" \
   --env-var "viewerToken=$VIEWER_TOKEN" \
   --env-var "simUrl=$SIM_URL" \
+  --env-var "sinkUrl=$SINK_URL" \
   --reporters cli \
   --delay-request "$POSTMAN_DELAY_MS" \
   "$@"

@@ -411,19 +411,25 @@ pub struct Claimed {
     pub execution_status: String,
 }
 
-/// Claims up to `limit` due deliveries for `owner` until the lease ends: only the earliest
-/// pending event of each execution for each subscription (order), only of active
+/// Claims up to `limit` due deliveries for `owner` until the lease ends: only events written at
+/// least `settle_secs` ago (commit order is not id order: a transaction that took a lower event
+/// id may commit a moment after one with a higher id; engine transactions last milliseconds,
+/// so by then it has), only the earliest pending event of each execution for each
+/// subscription (order), only of active
 /// subscriptions, never one another instance holds (`SKIP LOCKED`, unexpired lease).
 pub fn claim(
     conn: &mut PgConnection,
     owner: &str,
     lease_secs: i32,
     limit: i32,
+    settle_secs: f64,
 ) -> Result<Vec<Claimed>> {
     Ok(diesel::sql_query(
         "WITH picked AS (
              SELECT d.id FROM webhook_deliveries d
              JOIN webhook_subscriptions s ON s.id = d.subscription_id AND s.active
+             JOIN execution_events settled ON settled.id = d.event_id
+                 AND settled.at <= clock_timestamp() - make_interval(secs => $4)
              WHERE d.status = 'pending' AND d.next_attempt_at <= now()
                AND (d.lease_expires_at IS NULL OR d.lease_expires_at < now())
                AND NOT EXISTS (SELECT 1 FROM webhook_deliveries p
@@ -449,6 +455,7 @@ pub fn claim(
     .bind::<Text, _>(owner)
     .bind::<Integer, _>(lease_secs)
     .bind::<Integer, _>(limit)
+    .bind::<Double, _>(settle_secs)
     .load(conn)?)
 }
 

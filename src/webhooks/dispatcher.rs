@@ -30,6 +30,9 @@ pub struct DispatcherConfig {
     pub lease: Duration,
     pub connect_timeout: Duration,
     pub timeout: Duration,
+    /// How old an event must be before it is sent: a transaction that took a lower event id
+    /// of the same execution has committed by then (see `db::webhooks::claim`).
+    pub settle: Duration,
 }
 
 impl DispatcherConfig {
@@ -42,6 +45,7 @@ impl DispatcherConfig {
             lease: Duration::from_secs(60),
             connect_timeout: Duration::from_secs(5),
             timeout: Duration::from_secs(10),
+            settle: Duration::from_secs(1),
         }
     }
 }
@@ -109,9 +113,10 @@ impl Dispatcher {
             }
             let owner = self.owner.clone();
             let limit = free.len() as i32;
+            let settle = self.config.settle.as_secs_f64();
             let claimed = self
                 .db
-                .transaction(move |conn| store::claim(conn, &owner, lease, limit))
+                .transaction(move |conn| store::claim(conn, &owner, lease, limit, settle))
                 .await;
             match claimed {
                 Ok(list) if !list.is_empty() => {

@@ -593,3 +593,48 @@ async fn bad_urls_and_unknown_event_types_are_named_and_the_secret_is_shown_only
     let r = app.get("/api/v1/webhooks/ops").await;
     r.assert_problem(404, "not-found");
 }
+
+#[actix_web::test]
+async fn an_event_that_commits_a_moment_after_a_later_one_is_still_delivered_first() {
+    use diesel::prelude::*;
+    let app = TestApp::spawn().await;
+    let receiver = Receiver::start(0);
+    let _webhooks = Webhooks::start(&app, &QUICK);
+    two_step_plan(&app, "race").await;
+    let r = crate::engine::start(&app, "race", json!({"mode": "dry_run"})).await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let execution = r.body["id"].as_str().unwrap().to_owned();
+    subscribe(
+        &app,
+        json!({"name": "race", "url": receiver.url("/race"), "events": ["step.failed", "step.succeeded"]}),
+    )
+    .await;
+    let insert = |kind: &str| {
+        format!(
+            "INSERT INTO execution_events (execution_id, type, step_key) VALUES ('{execution}', '{kind}', 'a')"
+        )
+    };
+    // One transaction takes the lower event id and commits a moment later (as a busy engine
+    // transaction may); another takes the next id and commits at once.
+    let mut slow = app.conn();
+    diesel::sql_query("BEGIN").execute(&mut slow).unwrap();
+    diesel::sql_query(insert("step.failed"))
+        .execute(&mut slow)
+        .unwrap();
+    diesel::sql_query(insert("step.succeeded"))
+        .execute(&mut app.conn())
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let early: Vec<Value> = receiver.received().iter().map(Received::json).collect();
+    assert!(
+        early.is_empty(),
+        "nothing goes out before it settles: {early:?}"
+    );
+    diesel::sql_query("COMMIT").execute(&mut slow).unwrap();
+    let got = receiver.wait_for("/race", 2, 30).await;
+    let order: Vec<String> = got
+        .iter()
+        .map(|r| r.json()["type"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(order, ["step.failed", "step.succeeded"]);
+}
