@@ -192,7 +192,7 @@ pub fn open_secret(
     id: Uuid,
     key: &MasterKey,
 ) -> Result<Zeroizing<Vec<u8>>> {
-    let (ciphertext, nonce, key_id): (Vec<u8>, Vec<u8>, String) = credentials::table
+    let sealed: super::Sealed = credentials::table
         .find(id)
         .select((
             credentials::secret_ciphertext,
@@ -202,14 +202,7 @@ pub fn open_secret(
         .first(conn)
         .optional()?
         .ok_or_else(|| Error::not_found("credential", id))?;
-    if key_id != key.id() {
-        return Err(Error::internal(format!(
-            "credential {id} was sealed with master key {key_id}, not the configured {}",
-            key.id()
-        )));
-    }
-    key.open(&nonce, &ciphertext, id.as_bytes())
-        .map_err(|e| Error::internal(format!("credential {id}: {e}")))
+    super::open_sealed(key, "credential", id, sealed)
 }
 
 const MASTER_KEY_CHECK: &str = "master_key_check";

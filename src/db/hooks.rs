@@ -180,21 +180,13 @@ pub fn open_secret(
     id: Uuid,
     key: &MasterKey,
 ) -> Result<Zeroizing<String>> {
-    let (ciphertext, nonce, key_id): (Vec<u8>, Vec<u8>, String) = hooks::table
+    let sealed: super::Sealed = hooks::table
         .find(id)
         .select((hooks::secret_ciphertext, hooks::secret_nonce, hooks::key_id))
         .first(conn)
         .optional()?
         .ok_or_else(|| Error::not_found("hook", id))?;
-    if key_id != key.id() {
-        return Err(Error::internal(format!(
-            "hook {id}'s secret was sealed with master key {key_id}, not the configured {}",
-            key.id()
-        )));
-    }
-    let plain = key
-        .open(&nonce, &ciphertext, id.as_bytes())
-        .map_err(|e| Error::internal(format!("hook {id}: {e}")))?;
+    let plain = super::open_sealed(key, "hook", id, sealed)?;
     let text = std::str::from_utf8(&plain)
         .map_err(|_| Error::internal(format!("hook {id}: the secret is not text")))?;
     Ok(Zeroizing::new(text.to_owned()))

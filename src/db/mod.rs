@@ -224,3 +224,25 @@ impl Db {
         self.run(move |conn| conn.transaction(f)).await
     }
 }
+
+/// A secret sealed with the master key: its ciphertext, nonce and the id of the key that
+/// sealed it, as the tables that hold secrets store them.
+pub type Sealed = (Vec<u8>, Vec<u8>, String);
+
+/// Opens a secret sealed for row `id` (the associated data), refusing one sealed with another
+/// master key; `what` names the row in errors (never the secret).
+pub fn open_sealed(
+    key: &crate::crypto::MasterKey,
+    what: &str,
+    id: uuid::Uuid,
+    (ciphertext, nonce, key_id): Sealed,
+) -> Result<zeroize::Zeroizing<Vec<u8>>> {
+    if key_id != key.id() {
+        return Err(Error::internal(format!(
+            "{what} {id} was sealed with master key {key_id}, not the configured {}",
+            key.id()
+        )));
+    }
+    key.open(&nonce, &ciphertext, id.as_bytes())
+        .map_err(|e| Error::internal(format!("{what} {id}: {e}")))
+}

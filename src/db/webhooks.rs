@@ -258,7 +258,7 @@ pub fn open_secret(
     id: Uuid,
     key: &MasterKey,
 ) -> Result<Zeroizing<Vec<u8>>> {
-    let (ciphertext, nonce, key_id): (Vec<u8>, Vec<u8>, String) = webhook_subscriptions::table
+    let sealed: super::Sealed = webhook_subscriptions::table
         .find(id)
         .select((
             webhook_subscriptions::secret_ciphertext,
@@ -268,14 +268,7 @@ pub fn open_secret(
         .first(conn)
         .optional()?
         .ok_or_else(|| Error::not_found("webhook", id))?;
-    if key_id != key.id() {
-        return Err(Error::internal(format!(
-            "webhook {id} was sealed with master key {key_id}, not the configured {}",
-            key.id()
-        )));
-    }
-    key.open(&nonce, &ciphertext, id.as_bytes())
-        .map_err(|e| Error::internal(format!("webhook {id}: {e}")))
+    super::open_sealed(key, "webhook", id, sealed)
 }
 
 /// A delivery and its attempts, in order.
