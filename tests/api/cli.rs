@@ -31,7 +31,7 @@ fn free_port() -> u16 {
         .port()
 }
 
-struct KillOnDrop(Child);
+pub struct KillOnDrop(pub Child);
 
 impl Drop for KillOnDrop {
     fn drop(&mut self) {
@@ -265,7 +265,7 @@ fn token_refuses_a_bad_role_or_ttl() {
 }
 
 /// Starts `serve` on an external database with shared secrets; waits for `/readyz`.
-async fn serve_on(url: &str, jwt: &str, key: &str) -> (KillOnDrop, String) {
+pub async fn serve_on(url: &str, jwt: &str, key: &str) -> (KillOnDrop, String) {
     let port = free_port();
     let child = bare_command(&std::env::temp_dir())
         .arg("serve")

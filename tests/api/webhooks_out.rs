@@ -638,3 +638,105 @@ async fn an_event_that_commits_a_moment_after_a_later_one_is_still_delivered_fir
         .collect();
     assert_eq!(order, ["step.failed", "step.succeeded"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_killed_after_the_commit_delivers_every_event_once_restarted() {
+    use diesel::prelude::*;
+    let db = crate::common::TestDb::new();
+    let jwt = "a-shared-secret-for-two-lives-0123456789abcdef";
+    let key = dr_orchestrator::crypto::MasterKey::generate_base64();
+    // The receiver refuses the first try, so the rest waits for the retry (5 s on).
+    let receiver = Receiver::start(1);
+    let (mut first, base) = crate::cli::serve_on(&db.url, jwt, &key).await;
+    let token = dr_orchestrator::auth::JwtKeys::new(jwt.as_bytes()).issue(
+        "ops",
+        Role::Admin,
+        chrono::Duration::minutes(10),
+    );
+    let client = reqwest::Client::new();
+    let post = |path: &str, body: Value| {
+        client
+            .post(format!("{base}{path}"))
+            .bearer_auth(&token)
+            .json(&body)
+            .send()
+    };
+    let r = post(
+        "/api/v1/webhooks",
+        json!({"name": "ops", "url": receiver.url("/ops"), "events": ["execution.started", "step.succeeded", "execution.succeeded"]}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 201);
+    let secret = r.json::<Value>().await.unwrap()["secret"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let r = post(
+        "/api/v1/steps",
+        json!({"name": "say", "kind": "local_script", "params": {"script": "echo hi"}}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 201);
+    let r = post(
+        "/api/v1/plans",
+        json!({"name": "p", "steps": [{"key": "say", "step": "say"}]}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 201);
+    let r = post("/api/v1/plans/p/executions", json!({"mode": "drill"}))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let id = r.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // The run ends and the first try is refused; then the service dies with three deliveries
+    // committed and none made.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let e: Value = client
+            .get(format!("{base}/api/v1/executions/{id}"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if e["status"] == "succeeded" && !receiver.received().is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no delivery was tried: {e}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    first.0.kill().unwrap();
+    first.0.wait().unwrap();
+    let mut conn = diesel::PgConnection::establish(&db.url).unwrap();
+    let pending: i64 = diesel::dsl::sql::<diesel::sql_types::BigInt>(
+        "SELECT count(*) FROM webhook_deliveries WHERE status = 'pending'",
+    )
+    .get_result(&mut conn)
+    .unwrap();
+    assert_eq!(
+        pending, 3,
+        "every event is still to deliver when the service dies"
+    );
+
+    let (_second, _) = crate::cli::serve_on(&db.url, jwt, &key).await;
+    let got = receiver.wait_for("/ops", 3, 60).await;
+    let types: Vec<String> = got
+        .iter()
+        .map(|r| r.json()["type"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        types,
+        ["execution.started", "step.succeeded", "execution.succeeded"]
+    );
+    for r in &got {
+        r.assert_signed_by(&secret);
+    }
+}
