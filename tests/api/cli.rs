@@ -505,3 +505,69 @@ fn demo_runs_on_an_external_database_too() {
     assert!(out.contains("on DATABASE_URL"), "{out}");
     assert_demo_story(&out);
 }
+
+/// The image's build stage gets every directory the build reads: the manifest names the
+/// benchmarks, and `include_str!` pulls files in from outside `src/`.
+#[test]
+fn the_dockerfile_copies_everything_the_release_build_reads() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dockerfile = std::fs::read_to_string(root.join("Dockerfile")).unwrap();
+    let copied: Vec<&str> = dockerfile
+        .lines()
+        .filter_map(|l| l.strip_prefix("COPY "))
+        .filter(|l| !l.starts_with("--from"))
+        .flat_map(|l| {
+            let words: Vec<&str> = l.split_whitespace().collect();
+            words[..words.len() - 1].to_vec()
+        })
+        .collect();
+    let mut needed = vec![
+        "Cargo.toml".to_owned(),
+        "Cargo.lock".to_owned(),
+        "src".to_owned(),
+        "migrations".to_owned(),
+    ];
+    let manifest = std::fs::read_to_string(root.join("Cargo.toml")).unwrap();
+    if manifest.contains("[[bench]]") {
+        needed.push("benches".into());
+    }
+    // Top-level directories that non-test code includes (`include_str!("../<dir>/...")`).
+    let mut sources = vec![root.join("src")];
+    while let Some(dir) = sources.pop() {
+        for entry in std::fs::read_dir(dir).unwrap().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                sources.push(path);
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            let code = text.split("#[cfg(test)]").next().unwrap_or_default();
+            for include in code.split("include_str!(\"").skip(1) {
+                let target = include.split('"').next().unwrap();
+                let resolved = path.parent().unwrap().join(target);
+                let relative = std::fs::canonicalize(&resolved)
+                    .unwrap_or_else(|_| panic!("{} includes a missing {target}", path.display()));
+                let top = relative
+                    .strip_prefix(std::fs::canonicalize(root).unwrap())
+                    .unwrap()
+                    .components()
+                    .next()
+                    .unwrap()
+                    .as_os_str()
+                    .to_string_lossy()
+                    .into_owned();
+                needed.push(top);
+            }
+        }
+    }
+    for n in &needed {
+        assert!(
+            copied.contains(&n.as_str()),
+            "the Dockerfile's build stage does not COPY {n} (it copies {copied:?})"
+        );
+    }
+    assert!(
+        needed.contains(&"examples".to_owned()),
+        "the demo's files were found"
+    );
+}
