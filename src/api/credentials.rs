@@ -43,9 +43,9 @@ pub struct CredentialInput {
     pub username: Option<String>,
     /// The secret, shaped by kind: PasswordSecret (ssh_password, password), PrivateKeySecret
     /// (ssh_private_key), TokenSecret (token), AccessKeyPairSecret (access_key_pair).
-    /// Required on create; on replace, omit it to keep the stored secret.
+    /// Required on create; on replace, omit it (or send `null`) to keep the stored secret.
     #[serde(default)]
-    #[schema(value_type = Object)]
+    #[schema(value_type = Option<Object>)]
     pub secret: Option<Value>,
 }
 
@@ -259,14 +259,14 @@ pub async fn replace(
     if_match: IfMatch,
     JsonBody(input): JsonBody<CredentialInput>,
 ) -> Result<HttpResponse> {
+    // A malformed body is refused whatever the credential's state: before If-Match is checked.
+    let checked = validated(input, false)?;
     let key = key.into_inner();
     let actor = Actor::from_user(&user);
     let master_key = master_key.into_inner();
     let row = db
         .transaction(move |conn| {
-            store::update(conn, &key, &if_match, &master_key, &actor, |_| {
-                validated(input, false)
-            })
+            store::update(conn, &key, &if_match, &master_key, &actor, |_| Ok(checked))
         })
         .await?;
     Ok(with_etag(HttpResponse::Ok(), row))

@@ -18,7 +18,7 @@ use crate::auth::{Operator, Viewer};
 use crate::db::models::{EventRow, ExecutionRow, LogRow, StepRunRow};
 use crate::db::schema::{execution_events, executions, step_logs};
 use crate::db::Db;
-use crate::domain::duration::Duration;
+use crate::domain::duration::{Duration, HumanDuration};
 use crate::domain::plans::{self as domain, PlanSpec, ResolvedStep};
 use crate::domain::templates::TemplateEngine;
 use crate::engine::state::{ExecutionStatus, StepStatus};
@@ -364,7 +364,7 @@ pub struct ExecutionListQuery {
     #[param(minimum = 1, maximum = 200)]
     pub limit: Option<u32>,
     /// How many to skip.
-    #[param(minimum = 0)]
+    #[param(minimum = 0, maximum = 2147483647)]
     pub offset: Option<u32>,
 }
 
@@ -383,7 +383,7 @@ pub async fn list(
     Query(q): Query<ExecutionListQuery>,
 ) -> Result<HttpResponse> {
     let limit = super::pagination::limit(q.limit)?;
-    let offset = i64::from(q.offset.unwrap_or(0));
+    let offset = super::pagination::offset(q.offset)?;
     let (rows, total) = db
         .run(move |conn| {
             let build = || {
@@ -556,11 +556,12 @@ macro_rules! step_endpoint {
                 ("id" = Uuid, Path, description = "The execution's id"),
                 ("key" = String, Path, description = "The step's key in the plan"),
             ),
-            request_body(content = Decision, content_type = "application/json",
+            request_body(content = Option<Decision>, content_type = "application/json",
                 description = "Optional: a comment, recorded with who decided",
                 example = json!({"comment": "checked by hand"})),
             responses(
                 (status = 200, description = "The execution after the change", body = ExecutionView),
+                (status = 400, description = "Malformed body (an unknown field, a comment that is not a string)", body = Problem, content_type = "application/problem+json"),
                 (status = 401, description = "No valid bearer token", body = Problem, content_type = "application/problem+json"),
                 (status = 403, description = "Needs the operator role (or the approval's role)", body = Problem, content_type = "application/problem+json"),
                 (status = 404, description = "No such execution or step", body = Problem, content_type = "application/problem+json"),
@@ -914,7 +915,7 @@ pub struct Report {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub measured_rto_secs: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub target_rto: Option<Duration>,
+    pub target_rto: Option<HumanDuration>,
     /// Whether the measured RTO is within the target (absent without a target or an end).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rto_met: Option<bool>,

@@ -17,7 +17,7 @@ pub struct Health {
 
 /// The service can serve requests: its database answers and is migrated.
 #[derive(Serialize, ToSchema)]
-pub struct Readiness {
+pub struct ServiceReadiness {
     #[schema(example = "ready")]
     pub status: String,
     /// The database answered a query.
@@ -38,7 +38,7 @@ pub async fn healthz() -> HttpResponse {
 /// Readiness: the database is reachable and its schema is up to date.
 #[utoipa::path(get, path = "/readyz", tag = "health",
     responses(
-        (status = 200, description = "Ready to serve", body = Readiness),
+        (status = 200, description = "Ready to serve", body = ServiceReadiness),
         (status = 503, description = "Database unreachable or migrations pending", body = Problem,
             content_type = "application/problem+json"),
     ))]
@@ -52,7 +52,7 @@ pub async fn readyz(db: web::Data<Db>) -> Result<HttpResponse> {
             "the database schema is behind this binary: run `dr-orchestrator migrate`".into(),
         ));
     }
-    Ok(HttpResponse::Ok().json(Readiness {
+    Ok(HttpResponse::Ok().json(ServiceReadiness {
         status: "ready".into(),
         database: true,
         migrations: true,

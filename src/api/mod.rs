@@ -58,7 +58,7 @@ PUT, PATCH and DELETE to avoid overwriting someone else's change (412 when it ch
         audit::list,
     ),
     components(schemas(
-        Problem, FieldError, Referrer,
+        Problem, FieldError, Referrer, pagination::SortByName,
         domain::resources::HostAttributes, domain::resources::SshAccess,
         domain::resources::JumpServerAttributes, domain::resources::DatabaseAttributes,
         domain::resources::DnsRecordAttributes, domain::resources::HttpEndpointAttributes,
@@ -82,11 +82,39 @@ PUT, PATCH and DELETE to avoid overwriting someone else's change (412 when it ch
         (name = "webhooks", description = "Outbound webhooks: signed deliveries of execution events, retried, with every attempt recorded"),
         (name = "audit", description = "Every mutation: who, what, when"),
     ),
-    modifiers(&BearerAuth, &CommonResponses),
+    modifiers(&BearerAuth, &CommonResponses, &OperationIds),
 )]
 pub struct ApiDoc;
 
 struct BearerAuth;
+
+/// Handlers are named by what they do within their module (`list`, `get`, `create`...), and
+/// utoipa takes the function's name as the operation id; clients (Swagger UI's "Try it out",
+/// generated SDKs) need ids unique in the document, so each gets its tag in front:
+/// `resources_list`, `executions_approve_step`.
+struct OperationIds;
+
+impl Modify for OperationIds {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        for item in openapi.paths.paths.values_mut() {
+            let operations = [
+                &mut item.get,
+                &mut item.post,
+                &mut item.put,
+                &mut item.patch,
+                &mut item.delete,
+            ];
+            for op in operations.into_iter().flatten() {
+                let tag = op.tags.as_ref().and_then(|t| t.first()).cloned();
+                if let (Some(tag), Some(id)) = (tag, op.operation_id.as_mut()) {
+                    if !id.starts_with(&format!("{tag}_")) {
+                        *id = format!("{tag}_{id}");
+                    }
+                }
+            }
+        }
+    }
+}
 
 /// Answers every API operation can give whatever it does: 503 when no database connection is
 /// free, 413 for an oversized body, 400 for a malformed `If-Match`.
@@ -179,12 +207,59 @@ impl Modify for BearerAuth {
     }
 }
 
+/// The OpenAPI document the service serves at `/api-docs/openapi.json`: what utoipa derives,
+/// plus what its types cannot say (the shape of each server-sent event).
+pub fn openapi_document() -> serde_json::Value {
+    let mut doc =
+        serde_json::to_value(ApiDoc::openapi()).expect("the OpenAPI document serializes to JSON");
+    describe_event_stream(&mut doc);
+    doc
+}
+
 /// The OpenAPI document as pretty JSON (what `dr-orchestrator openapi` prints and
 /// `openapi/openapi.json` holds).
 pub fn openapi_json() -> String {
-    ApiDoc::openapi()
-        .to_pretty_json()
+    serde_json::to_string_pretty(&openapi_document())
         .expect("the OpenAPI document serializes to JSON")
+}
+
+/// An SSE stream's schema describes one event (as OpenAPI 3.2's `itemSchema` does, and as
+/// schemathesis reads it): `event` names the message, `data` holds its JSON.
+fn describe_event_stream(doc: &mut serde_json::Value) {
+    let data = |schema: serde_json::Value| {
+        serde_json::json!({"properties": {"data": {
+            "type": "string",
+            "contentMediaType": "application/json",
+            "contentSchema": schema,
+        }}})
+    };
+    let when = |event: &str, then: serde_json::Value| serde_json::json!({"if": {"properties": {"event": {"const": event}}}, "then": then});
+    let event_schema = serde_json::json!({
+        "type": "object",
+        "description": "One server-sent event. `event`: an execution event (with `id`), \
+            `log`: a log line, `end`: the execution ended and the stream closes, `error`: \
+            the stream stopped (reconnect with `after`).",
+        "required": ["event", "data"],
+        "properties": {
+            "id": {"type": "string", "description": "`e<event id>`, on `event` messages"},
+            "event": {"type": "string", "enum": ["event", "log", "end", "error"]},
+            "data": {"type": "string", "contentMediaType": "application/json"},
+            "retry": {"type": "integer"},
+        },
+        "allOf": [
+            when("event", data(serde_json::json!({"$ref": "#/components/schemas/EventView"}))),
+            when("log", data(serde_json::json!({"$ref": "#/components/schemas/LogLine"}))),
+            when("error", data(serde_json::json!({
+                "type": "object",
+                "required": ["error"],
+                "properties": {"error": {"type": "string"}},
+            }))),
+        ],
+    });
+    let stream = doc
+        .pointer_mut("/paths/~1api~1v1~1executions~1{id}~1events/get/responses/200/content/text~1event-stream")
+        .expect("the events operation documents an event stream");
+    stream["schema"] = event_schema;
 }
 
 /// A resource with its routes; any other method gets a 405 problem with an `Allow` header
@@ -234,7 +309,13 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 .finish()
         }))
         .service(resource!("/hooks/{hook_id}", post => hooks::receive))
-        .service(SwaggerUi::new("/docs/{_:.*}").url("/api-docs/openapi.json", ApiDoc::openapi()))
+        .service(
+            SwaggerUi::new("/docs/{_:.*}")
+                .external_url_unchecked("/api-docs/openapi.json", openapi_document())
+                // Swagger UI would send the document's address to validator.swagger.io: the
+                // page must work offline and tell no one where the service runs.
+                .config(utoipa_swagger_ui::Config::default().validator_url("none")),
+        )
         .service(
             web::scope("/api/v1")
                 .service(resource!("/resources", get => resources::list, post => resources::create))
@@ -305,5 +386,46 @@ mod tests {
         assert_eq!(doc, json!({"a": "z", "c": {"d": "e"}}));
         merge_patch(&mut doc, &json!({"c": [1]}));
         assert_eq!(doc, json!({"a": "z", "c": [1]}));
+    }
+
+    fn collect_refs<'a>(value: &'a serde_json::Value, refs: &mut Vec<&'a str>) {
+        match value {
+            serde_json::Value::Object(map) => {
+                if let Some(serde_json::Value::String(r)) = map.get("$ref") {
+                    refs.push(r);
+                }
+                map.values().for_each(|v| collect_refs(v, refs));
+            }
+            serde_json::Value::Array(items) => items.iter().for_each(|v| collect_refs(v, refs)),
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn every_reference_in_the_document_resolves() {
+        let doc = openapi_document();
+        let mut refs = Vec::new();
+        collect_refs(&doc, &mut refs);
+        assert!(refs.len() > 100, "the document refers to its schemas");
+        let dangling: Vec<_> = refs
+            .into_iter()
+            .filter(|r| doc.pointer(r.trim_start_matches('#')).is_none())
+            .collect();
+        assert!(dangling.is_empty(), "unresolved: {dangling:?}");
+    }
+
+    #[test]
+    fn operation_ids_are_unique_and_name_their_tag() {
+        let doc = openapi_document();
+        let mut seen = std::collections::BTreeSet::new();
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for (method, op) in item.as_object().unwrap() {
+                let id = op["operationId"].as_str().unwrap_or_default();
+                let tag = op["tags"][0].as_str().unwrap_or_default();
+                assert!(id.starts_with(&format!("{tag}_")), "{method} {path}: {id}");
+                assert!(seen.insert(id.to_owned()), "{method} {path}: {id} twice");
+            }
+        }
+        assert!(seen.contains("resources_list") && seen.contains("audit_list"));
     }
 }

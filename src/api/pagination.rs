@@ -29,6 +29,19 @@ pub fn limit(requested: Option<u32>) -> Result<i64> {
     }
 }
 
+/// The largest `offset` a list takes (the document says int32).
+pub const MAX_OFFSET: u32 = i32::MAX as u32;
+
+pub fn offset(requested: Option<u32>) -> Result<i64> {
+    match requested.unwrap_or(0) {
+        n @ 0..=MAX_OFFSET => Ok(i64::from(n)),
+        _ => Err(Error::field(
+            "offset",
+            format!("must be between 0 and {MAX_OFFSET}"),
+        )),
+    }
+}
+
 /// Cursors are opaque to clients: base64url of the last key of the page.
 pub fn encode_cursor(last_key: &str) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(last_key)
@@ -95,6 +108,13 @@ mod tests {
         assert_eq!(limit(None).unwrap(), 50);
         assert!(limit(Some(0)).is_err());
         assert!(limit(Some(201)).is_err());
+    }
+
+    #[test]
+    fn offset_is_bounded_by_what_the_document_declares() {
+        assert_eq!(offset(None).unwrap(), 0);
+        assert_eq!(offset(Some(MAX_OFFSET)).unwrap(), i64::from(i32::MAX));
+        assert!(offset(Some(MAX_OFFSET + 1)).is_err());
     }
 
     #[test]

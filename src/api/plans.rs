@@ -22,7 +22,7 @@ use crate::db::audit::Actor;
 use crate::db::models::{PlanRow, PlanVersionRow};
 use crate::db::plans::{self as store, PlanFilter};
 use crate::db::Db;
-use crate::domain::duration::Duration;
+use crate::domain::duration::HumanDuration;
 use crate::domain::plans::{
     self as domain, Mode, ParamSpec, PlanSpec, PlanStepSpec, RenderedStep, ResolvedStep,
     ValidationReport,
@@ -111,11 +111,11 @@ pub struct PlanView {
     pub name: String,
     pub description: String,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub target_rto: Option<Duration>,
+    pub target_rto: Option<HumanDuration>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub target_rpo: Option<Duration>,
+    pub target_rpo: Option<HumanDuration>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub auto_cleanup_after: Option<Duration>,
+    pub auto_cleanup_after: Option<HumanDuration>,
     pub parameters: std::collections::BTreeMap<String, ParamSpec>,
     pub steps: Vec<PlanStepSpec>,
     /// The latest version; the ETag is this number in quotes.
@@ -375,6 +375,11 @@ pub async fn replace(
     if_match: IfMatch,
     PlanBody(spec): PlanBody,
 ) -> Result<HttpResponse> {
+    // A malformed document is refused whatever the plan's state: before If-Match is checked.
+    let errors = crate::domain::plans::check_spec(&spec);
+    if !errors.is_empty() {
+        return Err(Error::Validation(errors));
+    }
     let key = key.into_inner();
     let actor = Actor::from_user(&user);
     let engine: Arc<TemplateEngine> = engine.into_inner();
@@ -404,6 +409,7 @@ pub async fn replace(
         (status = 401, description = "No valid bearer token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Needs the admin role", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such plan", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The plan has executions (their records keep it); `referrers` names them", body = Problem, content_type = "application/problem+json"),
         (status = 412, description = "A newer version exists than the ETag in If-Match", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = [])))]
@@ -559,7 +565,7 @@ fn load_version(
 /// An invalid plan is still a 200: the report says what is wrong.
 #[utoipa::path(post, path = "/api/v1/plans/{key}/validate", tag = "plans",
     params(("key" = String, Path, description = "The plan's id or name")),
-    request_body(content = ValidateRequest, content_type = "application/json",
+    request_body(content = Option<ValidateRequest>, content_type = "application/json",
         description = "Optional: an empty body validates the latest version",
         example = json!({"version": 1})),
     responses(

@@ -264,7 +264,7 @@ fn age(since: DateTime<Utc>) -> String {
 /// answer with their pinned host keys, credentials open, references resolve.
 #[utoipa::path(post, path = "/api/v1/plans/{key}/readiness", tag = "plans",
     params(("key" = String, Path, description = "The plan's id or name")),
-    request_body(content = ReadinessRequest, content_type = "application/json",
+    request_body(content = Option<ReadinessRequest>, content_type = "application/json",
         description = "Optional: an empty body checks the latest version",
         example = json!({"version": 2})),
     responses(

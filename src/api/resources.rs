@@ -113,7 +113,6 @@ pub struct ResourceListQuery {
     /// Only resources of this kind.
     pub kind: Option<ResourceKind>,
     /// Label selector: `env=prod,tier=web` (all pairs match) and/or `critical` (key present).
-    #[param(example = "env=prod")]
     pub label: Option<String>,
     /// `name` (default) or `-name`.
     pub sort: Option<SortByName>,
@@ -263,10 +262,12 @@ pub async fn replace(
     if_match: IfMatch,
     JsonBody(input): JsonBody<ResourceInput>,
 ) -> Result<HttpResponse> {
+    // A malformed body is refused whatever the resource's state: before If-Match is checked.
+    let checked = validated(input)?;
     let key = key.into_inner();
     let actor = Actor::from_user(&user);
     let row = db
-        .transaction(move |conn| store::update(conn, &key, &if_match, &actor, |_| validated(input)))
+        .transaction(move |conn| store::update(conn, &key, &if_match, &actor, |_| Ok(checked)))
         .await?;
     Ok(with_etag(HttpResponse::Ok(), row))
 }

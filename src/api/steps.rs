@@ -14,7 +14,7 @@ use crate::db::audit::Actor;
 use crate::db::models::StepRow;
 use crate::db::steps::{self as store, StepFilter, StepWrite};
 use crate::db::Db;
-use crate::domain::duration::Duration;
+use crate::domain::duration::HumanDuration;
 use crate::domain::steps::{
     default_idempotent, default_timeout, validate_step, RetryPolicy, StepDefinition, StepKind,
     StepOptions,
@@ -54,7 +54,7 @@ pub struct StepInput {
     pub params: Value,
     /// Default depends on the kind (e.g. a check's `until` plus 30s).
     #[serde(default)]
-    pub timeout: Option<Duration>,
+    pub timeout: Option<HumanDuration>,
     #[serde(default)]
     pub retry: Option<RetryPolicy>,
     /// Safe to run again after a crash; default depends on the kind (scripts: false).
@@ -76,7 +76,7 @@ pub struct StepView {
     pub description: String,
     #[schema(value_type = Object)]
     pub params: Value,
-    pub timeout: Duration,
+    pub timeout: HumanDuration,
     pub retry: RetryPolicy,
     pub idempotent: bool,
     #[schema(example = 1)]

@@ -4,12 +4,44 @@ use std::fmt;
 use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
-use utoipa::ToSchema;
+use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Schema, Type};
+use utoipa::openapi::RefOr;
+use utoipa::{PartialSchema, ToSchema};
 
 /// A whole number of seconds, written `30s`, `5m`, `1h30m`, `1d` or as an integer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, ToSchema)]
-#[schema(value_type = String, example = "5m")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct Duration(u64);
+
+/// The document says what `from_str` and `deserialize` take: units or a bare number of seconds,
+/// as text (surrounding white space ignored) or as a JSON integer up to `MAX_SECS`.
+impl PartialSchema for Duration {
+    fn schema() -> RefOr<Schema> {
+        OneOfBuilder::new()
+            .description(Some(
+                "A duration: `30s`, `5m`, `1h30m`, `2d` or a number of seconds; at most 7 days",
+            ))
+            .item(
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .pattern(Some(r"^\s*([0-9]+|([0-9]+[smhd])+)\s*$"))
+                    .examples(["5m"]),
+            )
+            .item(
+                ObjectBuilder::new()
+                    .schema_type(Type::Integer)
+                    .minimum(Some(0))
+                    .maximum(Some(MAX_SECS as f64)),
+            )
+            .into()
+    }
+}
+
+impl ToSchema for Duration {}
+
+/// `Duration` under a name utoipa's derive does not mistake for chrono's `Duration` (which it
+/// documents as a bare string): fields that the OpenAPI document shows are declared with it,
+/// so the document says what the parser takes.
+pub type HumanDuration = Duration;
 
 /// The longest duration anything in a plan may take: 7 days.
 pub const MAX_SECS: u64 = 7 * 86_400;

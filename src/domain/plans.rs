@@ -14,7 +14,7 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::credentials::CredentialKind;
-use super::duration::Duration;
+use super::duration::{Duration, HumanDuration};
 use super::resources::ResourceKind;
 use super::steps::{
     declared_outputs, field_use, merged_params, reads_credentials, string_leaves, validate_step,
@@ -134,9 +134,10 @@ pub struct PlanStepSpec {
     pub run_in: RunIn,
     /// Sugar: a step in stage N depends on every step of the closest lower stage.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 0, maximum = 1000000)]
     pub stage: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub timeout: Option<Duration>,
+    pub timeout: Option<HumanDuration>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry: Option<RetryPolicy>,
 }
@@ -168,15 +169,15 @@ pub struct PlanSpec {
     pub description: String,
     /// The recovery time objective the plan must meet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub target_rto: Option<Duration>,
+    pub target_rto: Option<HumanDuration>,
     /// The recovery point objective: readiness fails a bound host whose newest snapshot is
     /// older than this.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub target_rpo: Option<Duration>,
+    pub target_rpo: Option<HumanDuration>,
     /// Delete a drill's recovered instances this long after the drill ends (never a
     /// failover's). Without it, clean-up is `POST /executions/{id}/cleanup`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub auto_cleanup_after: Option<Duration>,
+    pub auto_cleanup_after: Option<HumanDuration>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub parameters: BTreeMap<String, ParamSpec>,
     pub steps: Vec<PlanStepSpec>,
@@ -222,6 +223,9 @@ pub struct InventoryResource {
     pub attributes: Value,
     pub labels: BTreeMap<String, String>,
 }
+
+/// The highest stage number a plan step may have (stages only order; any gaps will do).
+pub const MAX_STAGE: u32 = 1_000_000;
 
 /// Checks the plan document itself: names, keys, parameters.
 pub fn check_spec(spec: &PlanSpec) -> Vec<FieldError> {
@@ -283,6 +287,12 @@ pub fn check_spec(spec: &PlanSpec) -> Vec<FieldError> {
             &s.description,
             2000,
         );
+        if s.stage.is_some_and(|n| n > MAX_STAGE) {
+            v.add(
+                format!("steps[{i}].stage"),
+                format!("stages are numbered 0 to {MAX_STAGE}"),
+            );
+        }
     }
     v.into_errors()
 }
@@ -1139,7 +1149,7 @@ pub struct ValidationReport {
     /// Per mode: the order steps start in, the critical path and its estimated duration.
     pub modes: Vec<ModeEstimate>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub target_rto: Option<Duration>,
+    pub target_rto: Option<HumanDuration>,
 }
 
 /// How a plan runs in one mode: start order, critical path, estimated duration.
@@ -1152,7 +1162,7 @@ pub struct ModeEstimate {
     pub critical_path: Vec<String>,
     /// Estimated duration of the critical path: the median of past runs for steps that have
     /// run before, the worst case (timeouts and retries) for the others.
-    pub estimated_duration: Duration,
+    pub estimated_duration: HumanDuration,
     /// How many steps of the critical path are estimated from past runs.
     pub measured_steps: usize,
 }
@@ -1252,7 +1262,7 @@ pub struct RenderedStep {
     /// Every template filled; secrets masked; outputs of earlier steps shown as `<steps...>`.
     #[schema(value_type = Object)]
     pub params: Value,
-    pub timeout: Duration,
+    pub timeout: HumanDuration,
     pub idempotent: bool,
 }
 
@@ -1609,6 +1619,17 @@ mod tests {
         let resolved = resolve(&TemplateEngine::new(), &spec, &catalog).unwrap();
         assert_eq!(resolved[2].depends_on, vec!["a", "b"]);
         assert!(resolved[0].depends_on.is_empty() && resolved[3].depends_on.is_empty());
+    }
+
+    #[test]
+    fn a_stage_beyond_the_documented_maximum_is_refused() {
+        let spec = plan(json!([
+            {"key": "a", "step": "wait", "stage": MAX_STAGE},
+            {"key": "b", "step": "wait", "stage": MAX_STAGE + 1},
+        ]));
+        let e = check_spec(&spec);
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert_eq!(e[0].field, "steps[1].stage");
     }
 
     #[test]

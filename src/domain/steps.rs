@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use utoipa::ToSchema;
 
-use super::duration::Duration;
+use super::duration::{Duration, HumanDuration};
 use super::resources::DnsRecordType;
 use super::templates::{is_template, FieldUse, TemplateEngine};
 use super::validation::{check_http_url, Violations};
@@ -106,7 +106,7 @@ pub struct HostRecoveryParams {
     pub snapshot: String,
     /// How long to wait for the provider to finish the recovery.
     #[serde(default = "thirty_minutes")]
-    pub wait: Duration,
+    pub wait: HumanDuration,
 }
 
 fn latest() -> String {
@@ -127,10 +127,10 @@ pub struct PowerOnParams {
     pub hosts: Vec<HostGroup>,
     /// How long each group may take to run (and answer on `port`).
     #[serde(default = "ten_minutes")]
-    pub wait_until_running: Duration,
+    pub wait_until_running: HumanDuration,
     /// Pause between one group running and booting the next.
     #[serde(default)]
-    pub delay_between: Duration,
+    pub delay_between: HumanDuration,
     /// After a host runs, wait until this TCP port answers on its private IP (e.g. 22 for
     /// sshd, 3306 for MySQL) before it counts as up.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -368,9 +368,9 @@ pub struct CheckParams {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub query: Option<String>,
     #[serde(default = "five_seconds")]
-    pub interval: Duration,
+    pub interval: HumanDuration,
     #[serde(default = "five_minutes")]
-    pub until: Duration,
+    pub until: HumanDuration,
 }
 
 fn five_seconds() -> Duration {
@@ -400,7 +400,7 @@ pub struct ManualApprovalParams {
     #[serde(default = "operator")]
     pub approvers_role: Role,
     #[serde(default = "one_hour")]
-    pub timeout: Duration,
+    pub timeout: HumanDuration,
     #[serde(default = "reject")]
     pub on_timeout: ApprovalTimeout,
 }
@@ -422,7 +422,7 @@ fn reject() -> ApprovalTimeout {
 #[serde(deny_unknown_fields)]
 #[schema(example = json!({"duration": "30s"}))]
 pub struct WaitParams {
-    pub duration: Duration,
+    pub duration: HumanDuration,
 }
 
 /// How the delay between attempts grows.
@@ -442,7 +442,7 @@ pub struct RetryPolicy {
     #[serde(default = "one")]
     pub max_attempts: u32,
     #[serde(default = "ten_seconds")]
-    pub delay: Duration,
+    pub delay: HumanDuration,
     #[serde(default = "fixed")]
     pub backoff: Backoff,
 }
@@ -499,7 +499,7 @@ impl RetryPolicy {
 pub struct StepDefinition {
     pub kind: StepKind,
     pub params: Value,
-    pub timeout: Duration,
+    pub timeout: HumanDuration,
     pub retry: RetryPolicy,
     pub idempotent: bool,
 }
@@ -507,7 +507,7 @@ pub struct StepDefinition {
 /// What the caller may leave out: timeout, retry and idempotency default per kind.
 #[derive(Debug, Clone, Default)]
 pub struct StepOptions {
-    pub timeout: Option<Duration>,
+    pub timeout: Option<HumanDuration>,
     pub retry: Option<RetryPolicy>,
     pub idempotent: Option<bool>,
 }

@@ -19,7 +19,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::domain::duration::Duration;
+use crate::domain::duration::{Duration, HumanDuration};
 
 /// Why a provider call failed; the text is shown to operators as is (never a token or password).
 #[derive(Debug, Clone, thiserror::Error)]
@@ -150,20 +150,20 @@ pub struct ProviderSettings {
     /// Bound on each API call.
     #[serde(default = "thirty_seconds")]
     #[schema(value_type = String, example = "30s")]
-    pub request_timeout: Duration,
+    pub request_timeout: HumanDuration,
     /// The longest pause between two looks at a recovery's or boot's progress (the first
     /// looks come sooner).
     #[serde(default = "five_seconds")]
     #[schema(value_type = String, example = "5s")]
-    pub poll_interval: Duration,
+    pub poll_interval: HumanDuration,
     /// The longest a host's recovery may take, whatever a step asks for.
     #[serde(default = "one_hour")]
     #[schema(value_type = String, example = "1h")]
-    pub recovery_timeout: Duration,
+    pub recovery_timeout: HumanDuration,
     /// The longest a host's boot may take, whatever a step asks for.
     #[serde(default = "thirty_minutes")]
     #[schema(value_type = String, example = "30m")]
-    pub power_on_timeout: Duration,
+    pub power_on_timeout: HumanDuration,
 }
 
 impl Default for ProviderSettings {
