@@ -10,6 +10,7 @@ use crate::error::{Error, Result};
 pub const DEFAULT_LIMIT: u32 = 50;
 pub const MAX_LIMIT: u32 = 200;
 
+/// The order of a list: by name ascending (`name`) or descending (`-name`).
 #[derive(Debug, Clone, Copy, Default, Deserialize, ToSchema, PartialEq, Eq)]
 pub enum SortByName {
     #[default]

@@ -622,7 +622,9 @@ async fn a_dead_instances_steps_are_reclaimed_as_specified() {
     .await;
 
     app.kill_engine(first);
-    app.start_engine(2, Duration::from_secs(3));
+    // The survivor's own lease is long: on a loaded machine a 3 s lease can lapse between its
+    // heartbeats and reclaim the re-run wait once more (the attempt count below would be 3+).
+    app.start_engine(2, Duration::from_secs(15));
     let e = wait_for(&app, &id, 30, |e| e["status"] == "paused").await;
     assert_eq!(
         step(&e, "script")["status"],
