@@ -221,6 +221,23 @@ async fn stale_if_match_is_412_and_current_one_passes() {
 }
 
 #[tokio::test]
+async fn a_malformed_replacement_is_400_even_with_a_stale_if_match() {
+    let app = TestApp::spawn().await;
+    app.post_json("/api/v1/resources", &host("web")).await;
+    let mut bad = host("web");
+    bad["attributes"] = json!([null, null]);
+    let r = send(
+        app.admin(Method::PUT, "/api/v1/resources/web")
+            .header("If-Match", "\"9\"")
+            .json(&bad),
+    )
+    .await;
+    r.assert_problem(400, "validation");
+    assert_eq!(r.body["errors"][0]["field"], "attributes", "{}", r.text);
+    assert_eq!(app.get("/api/v1/resources/web").await.body["version"], 1);
+}
+
+#[tokio::test]
 async fn list_filters_by_kind_and_label_and_pages_by_name() {
     let app = TestApp::spawn().await;
     for (name, tier) in [
