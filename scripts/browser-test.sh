@@ -76,9 +76,4 @@ BROWSER_TEST_BASE_URL=$LIVE_BASE_URL \
   node "$ROOT/tests/browser/swagger-ui.mjs"
 test_status=$?
 set -e
-
-if [ "$test_status" -ne 0 ]; then
-  live_log "the browser test failed (exit $test_status); the service's log:"
-  cat "$LIVE_SERVICE_LOG" >&2
-fi
-exit "$test_status"
+live_exit "$test_status" "the browser test"

@@ -79,9 +79,4 @@ set +e
   "$@"
 newman_status=$?
 set -e
-
-if [ "$newman_status" -ne 0 ]; then
-  live_log "newman failed (exit $newman_status); the service's log:"
-  cat "$LIVE_SERVICE_LOG" >&2
-fi
-exit "$newman_status"
+live_exit "$newman_status" "newman"

@@ -10,6 +10,8 @@
 #                               $LIVE_BASE_URL, $LIVE_SERVICE_PID, $LIVE_SERVICE_LOG
 #   live_background PID         a helper process (simulator, receiver) killed at exit
 #   live_token ROLE SUBJECT     a bearer token minted by `BIN token` with the service's settings
+#   live_exit STATUS WHAT       exits with STATUS; when not 0 says WHAT failed and shows the
+#                               service's log
 #
 # Environment: READY_TIMEOUT_SECS (default 60; 120 in embedded mode), DRO_LOG, DRO_WORKERS.
 # Settings of the calling shell (DATABASE_URL, DRO_DATA_DIR, DRO_JWT_SECRET, DRO_MASTER_KEY)
@@ -168,6 +170,15 @@ live_start() {
 
 live_token() {
   (cd "$LIVE_RUN_DIR" && "$LIVE_BIN" token --role "$1" --subject "$2" --ttl 1h) | tail -n 1
+}
+
+live_exit() {
+  local status=$1 what=$2
+  if [ "$status" -ne 0 ]; then
+    live_log "$what failed (exit $status); the service's log:"
+    cat "$LIVE_SERVICE_LOG" >&2
+  fi
+  exit "$status"
 }
 
 # Installs npm packages into DIR (target/...) when BIN_PATH is missing; Node.js and npm come

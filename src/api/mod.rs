@@ -94,17 +94,25 @@ struct BearerAuth;
 /// `resources_list`, `executions_approve_step`.
 struct OperationIds;
 
+/// The operations of a path the API uses (it has no HEAD, OPTIONS or TRACE handlers).
+fn operations_mut(
+    item: &mut utoipa::openapi::PathItem,
+) -> impl Iterator<Item = &mut utoipa::openapi::path::Operation> {
+    [
+        &mut item.get,
+        &mut item.post,
+        &mut item.put,
+        &mut item.patch,
+        &mut item.delete,
+    ]
+    .into_iter()
+    .flatten()
+}
+
 impl Modify for OperationIds {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         for item in openapi.paths.paths.values_mut() {
-            let operations = [
-                &mut item.get,
-                &mut item.post,
-                &mut item.put,
-                &mut item.patch,
-                &mut item.delete,
-            ];
-            for op in operations.into_iter().flatten() {
+            for op in operations_mut(item) {
                 let tag = op.tags.as_ref().and_then(|t| t.first()).cloned();
                 if let (Some(tag), Some(id)) = (tag, op.operation_id.as_mut()) {
                     if !id.starts_with(&format!("{tag}_")) {
@@ -138,14 +146,7 @@ impl Modify for CommonResponses {
             if !path.starts_with("/api/") {
                 continue;
             }
-            let operations = [
-                &mut item.get,
-                &mut item.post,
-                &mut item.put,
-                &mut item.patch,
-                &mut item.delete,
-            ];
-            for op in operations.into_iter().flatten() {
+            for op in operations_mut(item) {
                 let responses = &mut op.responses.responses;
                 responses.entry("503".into()).or_insert_with(|| {
                     problem("No database connection is free; try again shortly").into()
