@@ -32,6 +32,10 @@ pub struct Config {
     pub db_pool_timeout_secs: u64,
     /// `DRO_HTTP_WORKERS`: actix worker threads (default: one per core).
     pub http_workers: usize,
+    /// `DRO_HTTP_DB_THREADS`: blocking threads per HTTP worker, on which its database calls run
+    /// (default 2). Few threads queue requests fairly in front of the pool; many make them
+    /// race for its connections, and the losers wait long (see BENCHMARKS.md, API).
+    pub http_db_threads: usize,
     /// `DRO_WORKERS`: concurrent step runs per instance (0: this instance runs no steps).
     pub workers: usize,
     /// `DRO_LEASE_SECS`: how long a worker's claim on a step lasts without a heartbeat.
@@ -58,6 +62,7 @@ impl std::fmt::Debug for Config {
             .field("db_pool_size", &self.db_pool_size)
             .field("db_pool_timeout_secs", &self.db_pool_timeout_secs)
             .field("http_workers", &self.http_workers)
+            .field("http_db_threads", &self.http_db_threads)
             .field("workers", &self.workers)
             .field("lease_secs", &self.lease_secs)
             .field("log_filter", &self.log_filter)
@@ -103,6 +108,7 @@ impl Config {
             db_pool_size: parse(&get, "DRO_DB_POOL_SIZE", 16)?,
             db_pool_timeout_secs: parse(&get, "DRO_DB_POOL_TIMEOUT_SECS", 10)?,
             http_workers: parse(&get, "DRO_HTTP_WORKERS", cores)?,
+            http_db_threads: parse(&get, "DRO_HTTP_DB_THREADS", 2)?,
             workers: parse(&get, "DRO_WORKERS", 8)?,
             lease_secs: parse(&get, "DRO_LEASE_SECS", 30)?,
             log_filter: get("DRO_LOG").unwrap_or_else(|| "info".to_owned()),
@@ -132,6 +138,12 @@ impl Config {
             return Err(ConfigError {
                 var: "DRO_LEASE_SECS",
                 message: "must be at least 3".into(),
+            });
+        }
+        if self.http_db_threads == 0 {
+            return Err(ConfigError {
+                var: "DRO_HTTP_DB_THREADS",
+                message: "must be at least 1".into(),
             });
         }
         if self.http_workers == 0 {
@@ -201,6 +213,7 @@ mod tests {
         assert_eq!(c.bind.to_string(), "127.0.0.1:8080");
         assert!(c.embedded_database());
         assert_eq!(c.db_pool_size, 16);
+        assert_eq!(c.http_db_threads, 2);
         assert_eq!(c.log_format, LogFormat::Text);
         assert_eq!(c.public_url, "http://127.0.0.1:8080");
     }
@@ -221,6 +234,8 @@ mod tests {
         assert_eq!(err.var, "DRO_BIND");
         let err = config(&[("DRO_DB_POOL_SIZE", "0")]).unwrap_err();
         assert_eq!(err.var, "DRO_DB_POOL_SIZE");
+        let err = config(&[("DRO_HTTP_DB_THREADS", "0")]).unwrap_err();
+        assert_eq!(err.var, "DRO_HTTP_DB_THREADS");
         let err = config(&[("DRO_LOG_FORMAT", "xml")]).unwrap_err();
         assert!(err.to_string().contains("xml"));
     }

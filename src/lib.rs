@@ -211,6 +211,7 @@ impl Service {
         let app_state = state.clone();
         let server = HttpServer::new(move || build_app(&app_state))
             .workers(config.http_workers)
+            .worker_max_blocking_threads(config.http_db_threads)
             .shutdown_timeout(30)
             .bind(config.bind)
             .map_err(|e| format!("cannot listen on {}: {e}", config.bind))?;

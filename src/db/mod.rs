@@ -199,9 +199,20 @@ impl Db {
     {
         let pool = self.pool.clone();
         let span = tracing::Span::current();
+        // The wait for a connection is bounded by the pool's timeout from here, queueing for a
+        // blocking thread included (HTTP workers have few: `DRO_HTTP_DB_THREADS`). A call that
+        // waited too long gives up before it touches the database: its caller is told 503, so
+        // it must not run afterwards. It is never abandoned once started.
+        let deadline = std::time::Instant::now() + pool.connection_timeout();
         let joined = tokio::task::spawn_blocking(move || {
             let _request = span.enter();
-            let mut conn = pool.get()?;
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return Err(Error::Unavailable(
+                    "no database connection became free in time".into(),
+                ));
+            }
+            let mut conn = pool.get_timeout(left)?;
             f(&mut conn)
         })
         .await;
