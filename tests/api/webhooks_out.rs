@@ -713,9 +713,27 @@ async fn a_service_killed_after_the_commit_delivers_every_event_once_restarted()
         assert!(Instant::now() < deadline, "no delivery was tried: {e}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // Kill only once the refused try is recorded: killed between the try and its record, the
+    // delivery stays leased to the dead instance for the whole lease (60 s), as it should, and
+    // the restarted one rightly waits that long (a slow machine hit this window).
+    let mut conn = diesel::PgConnection::establish(&db.url).unwrap();
+    loop {
+        let recorded: i64 = diesel::dsl::sql::<diesel::sql_types::BigInt>(
+            "SELECT count(*) FROM webhook_delivery_attempts",
+        )
+        .get_result(&mut conn)
+        .unwrap();
+        if recorded > 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the refused try was never recorded"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     first.0.kill().unwrap();
     first.0.wait().unwrap();
-    let mut conn = diesel::PgConnection::establish(&db.url).unwrap();
     let pending: i64 = diesel::dsl::sql::<diesel::sql_types::BigInt>(
         "SELECT count(*) FROM webhook_deliveries WHERE status = 'pending'",
     )
